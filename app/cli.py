@@ -1,0 +1,110 @@
+"""The ``safepatch`` command. A thin router: each command imports its implementation lazily,
+so ``safepatch --help`` and the API never pay for (or import) worker code such as torch.
+
+Add a command group with ``cli.add_typer(group, name="...")`` where ``group`` is a
+``typer.Typer`` defined in a module whose top level imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from workers.cli import models_app, pipeline
+
+cli = typer.Typer(
+    name="safepatch",
+    help="Fine-tuning as a service that watches safety drift and repairs it.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_cli = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+admin_cli = typer.Typer(help="Tenants and API keys.", no_args_is_help=True)
+cli.add_typer(db_cli, name="db")
+cli.add_typer(admin_cli, name="admin")
+cli.add_typer(models_app, name="models")
+cli.command("pipeline")(pipeline)
+
+
+def _setup() -> None:
+    from app.core.logging import configure_logging
+    from app.core.settings import get_settings
+
+    configure_logging(get_settings().log_level)
+
+
+@cli.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address [SAFEPATCH_HOST].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [SAFEPATCH_PORT].")] = None,
+) -> None:
+    """Serve the API. Embedded mode (no database/broker URL) also migrates and runs a worker."""
+    from app.core.settings import get_settings
+    from app.server import serve as run_server
+
+    _setup()
+    settings = get_settings()
+    run_server(settings, host=host or settings.host, port=port or settings.port)
+
+
+@cli.command()
+def worker(
+    name: Annotated[
+        str | None, typer.Option(help="Celery node name; default safepatch-<GPU>@<host>.")
+    ] = None,
+) -> None:
+    """Run one GPU worker (queue gpu, one job at a time). Start one per GPU."""
+    from app.core.settings import get_settings
+    from workers.celery_app import start_worker
+
+    _setup()
+    start_worker(node_name=name, loglevel=get_settings().log_level)
+
+
+@cli.command()
+def demo(
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 120.0,
+) -> None:
+    """Start the embedded service, submit a job over HTTP and follow it to the end."""
+    from app.demo import run_demo
+
+    raise typer.Exit(run_demo(timeout_s=timeout))
+
+
+@db_cli.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Apply migrations to SAFEPATCH_DATABASE_URL (or the embedded SQLite file)."""
+    from app.core.settings import get_settings
+    from app.db import migrate
+
+    _setup()
+    settings = get_settings()
+    settings.ensure_dirs()
+    migrate.upgrade(settings.effective_database_url, revision)
+    typer.echo(f"database at {revision}")
+
+
+@admin_cli.command("create-tenant")
+def create_tenant(name: str) -> None:
+    """Create a tenant and print its first API key (shown only this once)."""
+    from app.auth import service
+    from app.core.db import session_scope
+    from app.core.errors import AppError
+
+    try:
+        with session_scope() as session:
+            tenant, _, key = service.create_tenant(session, name=name, actor="cli:admin")
+    except AppError as error:
+        typer.secho(f"error: {error.message}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from error
+    typer.echo(f"tenant {tenant.id} ({tenant.name})", err=True)
+    typer.echo(key)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

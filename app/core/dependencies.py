@@ -1,0 +1,47 @@
+"""Request-scoped dependencies shared by every domain's endpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from app.core.db import SessionFactory, discard_after_commit, run_after_commit
+from app.core.queue import TaskQueue
+from app.core.settings import Settings
+
+
+def get_db_session(request: Request) -> Iterator[Session]:
+    """The request's one transaction: committed after the handler returns, rolled back if it
+    raises; after-commit callbacks (task enqueues) run only once the commit succeeded."""
+    factory: SessionFactory = request.app.state.session_factory
+    session = factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        discard_after_commit(session)
+        raise
+    finally:
+        session.close()
+    run_after_commit(session)
+
+
+def get_task_queue(request: Request) -> TaskQueue:
+    queue: TaskQueue = request.app.state.task_queue
+    return queue
+
+
+def get_app_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+# scope="function": the session closes (and commits) *before* the response is sent, so a failed
+# commit becomes an error response, and a client never reads a 200 for data not yet committed.
+SessionDep = Annotated[Session, Depends(get_db_session, scope="function")]
+TaskQueueDep = Annotated[TaskQueue, Depends(get_task_queue)]
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]

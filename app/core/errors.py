@@ -1,0 +1,151 @@
+"""One error hierarchy and one error body, the one OpenAI clients already parse:
+
+{"error": {"message": "...", "type": "invalid_request_error", "param": null, "code": null}}
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class AppError(Exception):
+    """Base of every error a service raises on purpose; rendered by ``app_error_handler``."""
+
+    status_code: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        type: str | None = None,
+        code: str | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code or self.status_code
+        self.type = type or self.type
+        self.code = code if code is not None else self.code
+        self.param = param
+
+
+class InvalidRequest(AppError):
+    status_code = 400
+    type = "invalid_request_error"
+
+
+class AuthenticationFailed(AppError):
+    status_code = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(AppError):
+    status_code = 403
+    type = "invalid_request_error"
+
+
+class NotFound(AppError):
+    status_code = 404
+    type = "invalid_request_error"
+
+
+class Conflict(AppError):
+    status_code = 409
+    type = "invalid_request_error"
+
+
+def error_body(
+    message: str, type: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+async def app_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AppError)
+    body = error_body(exc.message, exc.type, exc.param, exc.code)
+    return JSONResponse(body, status_code=exc.status_code)
+
+
+def _param(error: Any) -> str | None:
+    """("body", "hyperparameters", "n_epochs", "constrained-int") -> "hyperparameters.n_epochs".
+
+    Drops where the value came from (body, query, path) and pydantic's union-member tags, which
+    are never identifiers ("constrained-int", "literal['auto']").
+    """
+    parts = [
+        str(part)
+        for part in error.get("loc", ())
+        if part not in ("body", "query", "path")
+        and (isinstance(part, int) or str(part).isidentifier())
+    ]
+    return ".".join(parts) or None
+
+
+def _most_useful(errors: Sequence[Any]) -> Any:
+    """The first error; for a value that matched no member of `"auto" | number`, the number's
+    complaint ("must be >= 1") rather than "should be 'auto'"."""
+    first = errors[0]
+    if first.get("type") == "literal_error":
+        for other in errors[1:]:
+            if _param(other) == _param(first) and other.get("type") != "literal_error":
+                return other
+    return first
+
+
+async def validation_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    """422 from FastAPI becomes OpenAI's 400, naming the offending parameter."""
+    assert isinstance(exc, RequestValidationError)
+    error = _most_useful(exc.errors()) if exc.errors() else {}
+    kind = str(error.get("type", ""))
+    param = None if kind == "json_invalid" else _param(error)
+    detail = str(error.get("msg", "could not parse")).removeprefix("Value error, ")
+    if param is None:
+        message, code = f"Invalid request body: {detail}.", "invalid_request_body"
+    elif kind == "missing":
+        message, code = f"Missing required parameter: '{param}'.", "missing_required_parameter"
+    elif kind == "extra_forbidden":
+        message, code = f"Unrecognized request argument supplied: {param}", "unknown_parameter"
+    elif kind.endswith(("_type", "_parsing")):
+        message, code = f"Invalid type for '{param}': {detail}.", "invalid_type"
+    else:
+        message, code = f"Invalid value for '{param}': {detail}.", "invalid_value"
+    return JSONResponse(error_body(message, "invalid_request_error", param, code), status_code=400)
+
+
+async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own errors (unknown route, wrong method) in the same body."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 404:
+        message = f"Invalid URL ({request.method} {request.url.path})"
+    elif exc.status_code == 405:
+        message = f"Method {request.method} not allowed for {request.url.path}"
+    else:
+        message = str(exc.detail)
+    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    return JSONResponse(error_body(message, kind), status_code=exc.status_code, headers=exc.headers)
+
+
+async def unhandled_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    body = error_body("The server had an error while processing your request.", "server_error")
+    return JSONResponse(body, status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AppError, app_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(Exception, unhandled_error_handler)

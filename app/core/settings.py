@@ -1,0 +1,125 @@
+"""Typed configuration from ``SAFEPATCH_*`` environment variables and a ``.env`` file.
+
+With no database or broker URL the service runs *embedded*: a SQLite file and a Kombu filesystem
+broker under the data directory, so one machine needs no servers at all. Production sets both URLs.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Passwords that ship in docker-compose.yml and in examples; production must not run with them.
+DEFAULT_PASSWORDS = frozenset({"postgres", "safepatch", "password", "changeme"})
+
+
+class Settings(BaseSettings):
+    """All runtime configuration; read once per process through ``get_settings()``."""
+
+    model_config = SettingsConfigDict(env_prefix="SAFEPATCH_", env_file=".env", extra="ignore")
+
+    env: Literal["dev", "prod"] = Field("dev", description="prod fails fast on unsafe defaults.")
+    data_dir: Path = Field(Path("data"), description="Database, broker spool, models, artifacts.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; unset = SQLite file.")
+    broker_url: str | None = Field(None, description="Celery broker; unset = filesystem broker.")
+    result_backend: str | None = Field(None, description="Celery results; job state lives in SQL.")
+    queue: str = Field("gpu", description="Celery queue the GPU workers consume.")
+    log_level: str = Field("INFO", description="Root log level.")
+    host: str = Field("127.0.0.1", description="Default bind address of `safepatch serve`.")
+    port: int = Field(8000, description="Default port of `safepatch serve`.")
+    broker_visibility_timeout_s: int = Field(
+        12 * 3600, description="Redis redelivers an unacked message after this; > longest job."
+    )
+    job_lease_s: int = Field(
+        900, description="A running job whose worker stopped renewing this long is taken over."
+    )
+    placeholder_stage_s: float = Field(
+        1.0, description="Seconds each placeholder pipeline stage sleeps (tests use ~0.05)."
+    )
+
+    @field_validator("database_url", "broker_url", "result_backend", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # `SAFEPATCH_DATABASE_URL=` in the environment must mean "embedded", even over a .env file.
+        return None if value == "" else value
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _fail_fast_in_prod(self) -> Settings:
+        if self.env != "prod":
+            return self
+        if self.database_url is None or self.broker_url is None:
+            raise ValueError(
+                "env=prod needs SAFEPATCH_DATABASE_URL and SAFEPATCH_BROKER_URL "
+                "(the embedded SQLite + filesystem broker are single-host only)"
+            )
+        for name, url in (("database_url", self.database_url), ("broker_url", self.broker_url)):
+            password = urlsplit(url).password
+            if password in DEFAULT_PASSWORDS:
+                raise ValueError(f"env=prod: {name} uses a default password; set a real secret")
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        """True when no servers are configured: `serve` then migrates and runs its own worker."""
+        return self.database_url is None and self.broker_url is None
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'safepatch.db'}"
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or "filesystem://localhost//"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_dir / "broker"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"
+
+    @property
+    def broker_transport_options(self) -> dict[str, Any]:
+        if self.effective_broker_url.startswith("filesystem://"):
+            # Producer and consumer share one spool folder; `control` holds the exchange
+            # bindings (kombu's default is a folder relative to the working directory).
+            return {
+                "data_folder_in": str(self.broker_dir / "queue"),
+                "data_folder_out": str(self.broker_dir / "queue"),
+                "control_folder": str(self.broker_dir / "control"),
+                "polling_interval": 0.1,
+            }
+        return {"visibility_timeout": self.broker_visibility_timeout_s}
+
+    def ensure_dirs(self) -> None:
+        """Create the data directory tree (idempotent)."""
+        for path in (self.data_dir, self.models_dir, self.artifacts_dir, self.files_dir):
+            path.mkdir(parents=True, exist_ok=True)
+        if self.effective_broker_url.startswith("filesystem://"):
+            for key in ("data_folder_in", "control_folder"):
+                Path(self.broker_transport_options[key]).mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings. Tests change the environment, then call ``cache_clear()``."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""ORM models and the declarative base; the schema itself is built by Alembic (``migrations/``)."""

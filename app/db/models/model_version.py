@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import BigInteger, ForeignKey, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.core.ids import new_id
+from app.db.base import Base, JSONType, UTCDateTime, utcnow
+
+
+class ModelKind(StrEnum):
+    BASE = "base"
+    FINE_TUNED = "fine_tuned"
+    PATCHED = "patched"
+
+
+class ModelStatus(StrEnum):
+    READY = "ready"
+    QUARANTINED = "quarantined"  # failed its safety check: kept for audit, never served
+
+
+class ModelVersion(Base):
+    """A stored set of weights. ``parent_id`` gives the lineage base -> fine-tuned -> patched."""
+
+    __tablename__ = "model_versions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("mv"))
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    tenant_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("fine_tuning_jobs.id"), index=True)
+    storage_uri: Mapped[str] = mapped_column(String(1024))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), default=ModelStatus.READY)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

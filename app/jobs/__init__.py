@@ -1,0 +1,1 @@
+"""Fine-tuning jobs: the OpenAI-shaped resource, its state machine and its event log."""

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from app.auth.dependencies import AuthDep
+from app.core.dependencies import SessionDep, TaskQueueDep
+from app.jobs import service
+from app.jobs.schemas import JobCreate, JobEventList, JobEventRead, JobList, JobRead
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning jobs"])
+
+Limit = Annotated[int, Query(ge=1, le=100)]
+
+
+@router.post("", response_model=JobRead)
+def create_job(
+    job_create: JobCreate, auth: AuthDep, session: SessionDep, queue: TaskQueueDep
+) -> JobRead:
+    """Create a fine-tuning job; it is queued for a GPU worker."""
+    job = service.create(session, auth=auth, job_create=job_create, queue=queue)
+    return JobRead.of(job)
+
+
+@router.get("", response_model=JobList)
+def list_jobs(
+    auth: AuthDep, session: SessionDep, after: str | None = None, limit: Limit = 20
+) -> JobList:
+    """The caller's jobs, newest first."""
+    jobs, has_more = service.list_jobs(session, auth=auth, after=after, limit=limit)
+    return JobList(data=[JobRead.of(job) for job in jobs], has_more=has_more)
+
+
+@router.get("/{fine_tuning_job_id}", response_model=JobRead)
+def get_job(fine_tuning_job_id: str, auth: AuthDep, session: SessionDep) -> JobRead:
+    return JobRead.of(service.get(session, auth=auth, job_id=fine_tuning_job_id))
+
+
+@router.post("/{fine_tuning_job_id}/cancel", response_model=JobRead)
+def cancel_job(fine_tuning_job_id: str, auth: AuthDep, session: SessionDep) -> JobRead:
+    """Cancel a job: at once if it hasn't started, else at the worker's next checkpoint."""
+    return JobRead.of(service.cancel(session, auth=auth, job_id=fine_tuning_job_id))
+
+
+@router.get("/{fine_tuning_job_id}/events", response_model=JobEventList)
+def list_job_events(
+    fine_tuning_job_id: str,
+    auth: AuthDep,
+    session: SessionDep,
+    after: str | None = None,
+    limit: Limit = 20,
+) -> JobEventList:
+    """The job's events, newest first."""
+    events, has_more = service.list_events(
+        session, auth=auth, job_id=fine_tuning_job_id, after=after, limit=limit
+    )
+    return JobEventList(data=[JobEventRead.of(event) for event in events], has_more=has_more)

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import Session
+
+from app.db.models import FineTuningJob, JobEvent
+from app.jobs.states import JobStatus
+
+
+def get(session: Session, job_id: str, *, for_update: bool = False) -> FineTuningJob | None:
+    """A job by id, any tenant (workers). ``for_update`` locks the row (PostgreSQL)."""
+    statement = select(FineTuningJob).where(FineTuningJob.id == job_id)
+    if for_update:
+        statement = statement.with_for_update()
+    return session.scalars(statement).first()
+
+
+def get_for_tenant(
+    session: Session, tenant_id: str, job_id: str, *, for_update: bool = False
+) -> FineTuningJob | None:
+    statement = select(FineTuningJob).where(
+        FineTuningJob.id == job_id, FineTuningJob.tenant_id == tenant_id
+    )
+    if for_update:
+        statement = statement.with_for_update()
+    return session.scalars(statement).first()
+
+
+def list_for_tenant(
+    session: Session, tenant_id: str, *, after: FineTuningJob | None, limit: int
+) -> Sequence[FineTuningJob]:
+    """Newest first; ``after`` is the last job of the previous page (keyset pagination)."""
+    statement = select(FineTuningJob).where(FineTuningJob.tenant_id == tenant_id)
+    if after is not None:
+        statement = statement.where(
+            or_(
+                FineTuningJob.created_at < after.created_at,
+                and_(FineTuningJob.created_at == after.created_at, FineTuningJob.id < after.id),
+            )
+        )
+    statement = statement.order_by(FineTuningJob.created_at.desc(), FineTuningJob.id.desc())
+    return session.scalars(statement.limit(limit)).all()
+
+
+def next_event_seq(session: Session, job_id: str) -> int:
+    """The next event number of a job. The caller holds the job's row lock (see service)."""
+    current = session.scalar(select(func.max(JobEvent.seq)).where(JobEvent.job_id == job_id))
+    return (current or 0) + 1
+
+
+def get_event(session: Session, job_id: str, event_id: str) -> JobEvent | None:
+    statement = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id == event_id)
+    return session.scalars(statement).first()
+
+
+def list_events(
+    session: Session, job_id: str, *, before_seq: int | None, limit: int
+) -> Sequence[JobEvent]:
+    """Newest first, like OpenAI's events list; ``before_seq`` continues a previous page."""
+    statement = select(JobEvent).where(JobEvent.job_id == job_id)
+    if before_seq is not None:
+        statement = statement.where(JobEvent.seq < before_seq)
+    return session.scalars(statement.order_by(JobEvent.seq.desc()).limit(limit)).all()
+
+
+def list_recoverable_ids(session: Session, *, now: datetime, restarted_owner: str) -> Sequence[str]:
+    """Jobs that should be in the queue but might not be: queued ones (their message may have
+    been lost between commit and enqueue), running ones whose worker's lease ran out, and running
+    ones leased to ``restarted_owner``, a worker that just started and so no longer runs them."""
+    lease_dead = or_(
+        FineTuningJob.lease_expires_at.is_(None),
+        FineTuningJob.lease_expires_at < now,
+        FineTuningJob.lease_owner == restarted_owner,
+    )
+    statement = select(FineTuningJob.id).where(
+        or_(
+            FineTuningJob.status == JobStatus.QUEUED,
+            and_(FineTuningJob.status == JobStatus.RUNNING, lease_dead),
+        )
+    )
+    return session.scalars(statement.order_by(FineTuningJob.created_at)).all()

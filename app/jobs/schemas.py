@@ -1,0 +1,139 @@
+"""Request and response bodies of the fine-tuning jobs API, in OpenAI's shape."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from app.db.models import FineTuningJob, JobEvent
+
+Auto = Literal["auto"]
+
+MAX_METADATA_PAIRS = 16
+
+
+class Hyperparameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n_epochs: Auto | Annotated[int, Field(ge=1, le=50)] = "auto"
+    batch_size: Auto | Annotated[int, Field(ge=1, le=256)] = "auto"
+    learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=10)] = "auto"
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=200, description="Base model to fine-tune.")
+    training_file: str = Field(min_length=1, max_length=64, description="ID of an uploaded file.")
+    validation_file: str | None = Field(None, min_length=1, max_length=64)
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Random if not given.")
+    # Part of the fine-tuned model's name (ft:model:suffix:id), hence no colons.
+    suffix: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    metadata: dict[str, str] | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_limits(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        # OpenAI's limits: 16 pairs, keys up to 64 characters, values up to 512.
+        if value is None:
+            return None
+        if len(value) > MAX_METADATA_PAIRS:
+            raise ValueError(f"at most {MAX_METADATA_PAIRS} key-value pairs")
+        if any(len(key) > 64 or len(item) > 512 for key, item in value.items()):
+            raise ValueError("keys are limited to 64 characters and values to 512")
+        return value
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+def unix(moment: datetime | None) -> int | None:
+    return int(moment.timestamp()) if moment is not None else None
+
+
+class JobRead(BaseModel):
+    """A ``fine_tuning.job``, plus our ``stage`` and ``cancel_requested``."""
+
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    organization_id: str
+    model: str
+    status: str
+    stage: str | None
+    created_at: int
+    finished_at: int | None
+    fine_tuned_model: str | None
+    error: JobError | None
+    hyperparameters: dict[str, Any]
+    training_file: str
+    validation_file: str | None
+    trained_tokens: int | None
+    seed: int
+    suffix: str | None
+    metadata: dict[str, str] | None
+    cancel_requested: bool
+
+    @classmethod
+    def of(cls, job: FineTuningJob) -> JobRead:
+        created_at = unix(job.created_at)
+        assert created_at is not None
+        return cls(
+            id=job.id,
+            organization_id=job.tenant_id,
+            model=job.model,
+            status=job.status,
+            stage=job.stage,
+            created_at=created_at,
+            finished_at=unix(job.finished_at),
+            fine_tuned_model=job.fine_tuned_model,
+            error=JobError.model_validate(job.error) if job.error else None,
+            hyperparameters=job.hyperparameters,
+            training_file=job.training_file,
+            validation_file=job.validation_file,
+            trained_tokens=job.trained_tokens,
+            seed=job.seed,
+            suffix=job.suffix,
+            metadata=job.user_metadata,
+            cancel_requested=job.cancel_requested,
+        )
+
+
+class JobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobRead]
+    has_more: bool
+
+
+class JobEventRead(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: str
+    type: str
+    message: str
+    data: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, event: JobEvent) -> JobEventRead:
+        created_at = unix(event.created_at)
+        assert created_at is not None
+        return cls(
+            id=event.id,
+            created_at=created_at,
+            level=event.level,
+            type=event.type,
+            message=event.message,
+            data=event.data,
+        )
+
+
+class JobEventList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobEventRead]
+    has_more: bool

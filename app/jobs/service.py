@@ -1,0 +1,169 @@
+"""Rules of the jobs resource. Used by the API (create, list, get, cancel) and by the workers
+(``change_state`` and ``add_event``), so both write the same events and audit records."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.auth.service import AuthContext
+from app.core.db import after_commit
+from app.core.errors import NotFound
+from app.core.queue import TaskQueue
+from app.db.models import FineTuningJob, JobEvent
+from app.jobs import repository
+from app.jobs.schemas import JobCreate
+from app.jobs.states import JobStage, JobStatus, transition
+
+
+def add_event(
+    session: Session,
+    job: FineTuningJob,
+    message: str,
+    *,
+    level: str = "info",
+    type: str = "message",
+    data: dict[str, Any] | None = None,
+) -> JobEvent:
+    """Append an event to the job's log (flushed; committed with the caller's transaction)."""
+    # Lock the job row so the API and a worker writing events at once can't take the same seq.
+    session.execute(select(FineTuningJob.id).where(FineTuningJob.id == job.id).with_for_update())
+    event = JobEvent(
+        job_id=job.id,
+        seq=repository.next_event_seq(session, job.id),
+        level=level,
+        type=type,
+        message=message,
+        data=data,
+    )
+    session.add(event)
+    session.flush()
+    return event
+
+
+def change_state(
+    session: Session,
+    job: FineTuningJob,
+    status: JobStatus,
+    stage: JobStage | None = None,
+    *,
+    actor: str,
+    message: str,
+    level: str = "info",
+    data: dict[str, Any] | None = None,
+) -> None:
+    """Move the job through the state machine, with an event and an audit record."""
+    old_status, old_stage = transition(job, status, stage)
+    session.flush()
+    add_event(session, job, message, level=level, data=data)
+    audit.record(
+        session,
+        action="job.state_changed",
+        subject_type="fine_tuning_job",
+        subject_id=job.id,
+        actor=actor,
+        tenant_id=job.tenant_id,
+        payload={
+            "from": {"status": old_status, "stage": old_stage},
+            "to": {"status": job.status, "stage": job.stage},
+            **({"error": job.error} if job.error else {}),
+        },
+    )
+
+
+def create(
+    session: Session, *, auth: AuthContext, job_create: JobCreate, queue: TaskQueue
+) -> FineTuningJob:
+    """Create a job and enqueue it once the request's transaction has committed."""
+    job = FineTuningJob(
+        tenant_id=auth.tenant.id,
+        model=job_create.model,
+        training_file=job_create.training_file,
+        validation_file=job_create.validation_file,
+        hyperparameters=job_create.hyperparameters.model_dump(),
+        safety_settings={},
+        seed=job_create.seed if job_create.seed is not None else secrets.randbelow(2**31),
+        suffix=job_create.suffix,
+        user_metadata=job_create.metadata,
+        status=JobStatus.VALIDATING_FILES,
+    )
+    session.add(job)
+    session.flush()
+    add_event(session, job, f"Created fine-tuning job: {job.id}")
+    audit.record(
+        session,
+        action="job.created",
+        subject_type="fine_tuning_job",
+        subject_id=job.id,
+        actor=auth.actor,
+        tenant_id=job.tenant_id,
+        payload=job_create.model_dump(mode="json"),
+    )
+    # The file checks (exists, belongs to the tenant, purpose fine-tune) come with the files API;
+    # until then the ids are stored as given and the job is queued at once.
+    change_state(session, job, JobStatus.QUEUED, actor=auth.actor, message="Job queued")
+    job_id = job.id
+    after_commit(session, lambda: queue.enqueue_job(job_id))
+    return job
+
+
+def get(
+    session: Session, *, auth: AuthContext, job_id: str, for_update: bool = False
+) -> FineTuningJob:
+    job = repository.get_for_tenant(session, auth.tenant.id, job_id, for_update=for_update)
+    if job is None:
+        raise NotFound(f"Could not find fine-tuning job: {job_id}.", param="fine_tuning_job_id")
+    return job
+
+
+def list_jobs(
+    session: Session, *, auth: AuthContext, after: str | None, limit: int
+) -> tuple[Sequence[FineTuningJob], bool]:
+    """A page of the tenant's jobs, newest first, and whether more follow."""
+    cursor = get(session, auth=auth, job_id=after) if after is not None else None
+    jobs = repository.list_for_tenant(session, auth.tenant.id, after=cursor, limit=limit + 1)
+    return jobs[:limit], len(jobs) > limit
+
+
+def cancel(session: Session, *, auth: AuthContext, job_id: str) -> FineTuningJob:
+    """Cancel now if no worker has started the job; otherwise ask its worker to stop.
+
+    A job that already finished raises ``IllegalTransition`` (409).
+    """
+    job = get(session, auth=auth, job_id=job_id, for_update=True)
+    if job.status != JobStatus.RUNNING:
+        change_state(session, job, JobStatus.CANCELLED, actor=auth.actor, message="Job cancelled")
+        return job
+    if not job.cancel_requested:
+        job.cancel_requested = True
+        add_event(session, job, "Cancellation requested; the worker stops at the next checkpoint")
+        audit.record(
+            session,
+            action="job.cancel_requested",
+            subject_type="fine_tuning_job",
+            subject_id=job.id,
+            actor=auth.actor,
+            tenant_id=job.tenant_id,
+            payload={"stage": job.stage},
+        )
+    return job
+
+
+def list_events(
+    session: Session, *, auth: AuthContext, job_id: str, after: str | None, limit: int
+) -> tuple[Sequence[JobEvent], bool]:
+    """A page of the job's events, newest first; ``after`` is the last event id already seen."""
+    job = get(session, auth=auth, job_id=job_id)
+    before_seq = None
+    if after is not None:
+        cursor = repository.get_event(session, job.id, after)
+        if cursor is None:
+            raise NotFound(f"Could not find event {after} of job {job_id}.", param="after")
+        before_seq = cursor.seq
+    events = repository.list_events(session, job.id, before_seq=before_seq, limit=limit + 1)
+    return events[:limit], len(events) > limit

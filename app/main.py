@@ -1,0 +1,57 @@
+"""The FastAPI application: ``create_app()`` (uvicorn runs it as a factory)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.core.db import SessionFactory, create_db_engine, create_session_factory
+from app.core.errors import install_error_handlers
+from app.core.queue import CeleryTaskQueue, TaskQueue, check_broker, create_celery
+from app.core.settings import Settings, get_settings
+from app.health.endpoints import router as health_router
+from app.jobs.endpoints import router as jobs_router
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    session_factory: SessionFactory | None = None,
+    task_queue: TaskQueue | None = None,
+    broker_check: Callable[[], None] | None = None,
+) -> FastAPI:
+    """Build the app; the engine and broker connection are made in ``lifespan`` unless given
+    (tests hand in a session factory bound to their transaction and a recording queue)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = None
+        app.state.settings = settings
+        app.state.session_factory = session_factory
+        app.state.task_queue = task_queue
+        app.state.broker_check = broker_check or (lambda: check_broker(settings))
+        settings.ensure_dirs()
+        if session_factory is None:
+            engine = create_db_engine(settings.effective_database_url)
+            app.state.session_factory = create_session_factory(engine)
+        if task_queue is None:
+            app.state.task_queue = CeleryTaskQueue(create_celery(settings), settings.queue)
+        try:
+            yield
+        finally:
+            if engine is not None:
+                engine.dispose()
+
+    app = FastAPI(
+        title="safepatch",
+        summary="Fine-tuning as a service that watches safety drift and repairs it.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(health_router)
+    app.include_router(jobs_router)
+    return app

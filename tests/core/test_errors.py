@@ -1,0 +1,76 @@
+"""Every error, whoever raises it, leaves in OpenAI's body."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from app.core.errors import Conflict, NotFound
+
+
+def error_of(response: object) -> dict[str, object]:
+    body = response.json()  # type: ignore[attr-defined]
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    return dict(body["error"])
+
+
+def test_unknown_route_is_an_openai_404(client: TestClient) -> None:
+    response = client.post("/v1/nothing-here")
+    assert response.status_code == 404
+    assert error_of(response) == {
+        "message": "Invalid URL (POST /v1/nothing-here)",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": None,
+    }
+
+
+def test_wrong_method_is_a_405_in_the_same_body(client: TestClient) -> None:
+    response = client.delete("/healthz")
+    assert response.status_code == 405
+    assert error_of(response)["type"] == "invalid_request_error"
+
+
+def test_malformed_json_is_a_400(client: TestClient) -> None:
+    response = client.post(
+        "/v1/fine_tuning/jobs",
+        content=b"{not json",
+        headers={"Content-Type": "application/json", "Authorization": "Bearer sp-x"},
+    )
+    assert response.status_code == 400
+    error = error_of(response)
+    assert (error["type"], error["param"], error["code"]) == (
+        "invalid_request_error",
+        None,
+        "invalid_request_body",
+    )
+
+
+def test_app_errors_and_crashes_render_the_same_way(app: FastAPI) -> None:
+    @app.get("/test/conflict")
+    def conflict() -> None:
+        raise Conflict("Already there.", code="exists", param="name")
+
+    @app.get("/test/missing")
+    def missing() -> None:
+        raise NotFound("No such thing.")
+
+    @app.get("/test/crash")
+    def crash() -> None:
+        raise RuntimeError("secret internals")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/test/conflict")
+        assert response.status_code == 409
+        assert error_of(response) == {
+            "message": "Already there.",
+            "type": "invalid_request_error",
+            "param": "name",
+            "code": "exists",
+        }
+        assert client.get("/test/missing").status_code == 404
+        crashed = client.get("/test/crash")
+        assert crashed.status_code == 500
+        assert error_of(crashed)["type"] == "server_error"
+        assert "secret" not in crashed.text

@@ -1,0 +1,231 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.db.models import AuditRecord, FineTuningJob, JobEvent
+from app.jobs.states import JobStage, JobStatus, transition
+from tests.conftest import RecordingQueue
+from tests.factories import Caller, create_caller, create_job
+
+JOBS = "/v1/fine_tuning/jobs"
+
+
+def post_job(client: TestClient, caller: Caller, **fields: Any) -> dict[str, Any]:
+    body = {"model": "smollm2-135m-instruct", "training_file": "file-abc"} | fields
+    response = client.post(JOBS, json=body, headers=caller.headers)
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def test_create_returns_a_queued_openai_job_and_enqueues_it_after_commit(
+    client: TestClient, caller: Caller, task_queue: RecordingQueue, session: Session
+) -> None:
+    job = post_job(
+        client,
+        caller,
+        validation_file="file-val",
+        hyperparameters={"n_epochs": 3, "learning_rate_multiplier": 0.5},
+        seed=42,
+        suffix="sql-bot",
+        metadata={"team": "data"},
+    )
+
+    assert job["id"].startswith("ftjob-")
+    assert job["object"] == "fine_tuning.job"
+    assert (job["status"], job["stage"]) == ("queued", None)
+    assert job["organization_id"] == caller.auth.tenant.id
+    assert job["hyperparameters"] == {
+        "n_epochs": 3,
+        "batch_size": "auto",
+        "learning_rate_multiplier": 0.5,
+    }
+    assert (job["training_file"], job["validation_file"]) == ("file-abc", "file-val")
+    assert (job["seed"], job["suffix"], job["metadata"]) == (42, "sql-bot", {"team": "data"})
+    assert job["finished_at"] is None and job["fine_tuned_model"] is None
+    assert isinstance(job["created_at"], int)
+    assert task_queue.job_ids == [job["id"]]
+    # Enqueued only once the row is committed (visible to a fresh session).
+    stored = session.get(FineTuningJob, job["id"])
+    assert stored is not None and stored.status == JobStatus.QUEUED
+
+
+def test_create_defaults(client: TestClient, caller: Caller) -> None:
+    job = post_job(client, caller)
+    assert job["hyperparameters"] == {
+        "n_epochs": "auto",
+        "batch_size": "auto",
+        "learning_rate_multiplier": "auto",
+    }
+    assert 0 <= job["seed"] < 2**31
+    assert job["validation_file"] is None and job["metadata"] is None
+
+
+def test_create_writes_events_and_a_hash_chained_audit_trail(
+    client: TestClient, caller: Caller, session: Session
+) -> None:
+    job = post_job(client, caller)
+    events = session.scalars(
+        select(JobEvent).where(JobEvent.job_id == job["id"]).order_by(JobEvent.seq)
+    ).all()
+    assert [(event.seq, event.message) for event in events] == [
+        (1, f"Created fine-tuning job: {job['id']}"),
+        (2, "Job queued"),
+    ]
+    audit = session.scalars(
+        select(AuditRecord).where(AuditRecord.subject_id == job["id"]).order_by(AuditRecord.seq)
+    ).all()
+    assert [record.action for record in audit] == ["job.created", "job.state_changed"]
+    assert audit[0].actor == f"api_key:{caller.auth.api_key.id}"
+    assert audit[1].payload["to"] == {"status": "queued", "stage": None}
+    assert audit[1].prev_hash == audit[0].hash
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "code"),
+    [
+        ({"model": "m"}, "training_file", "missing_required_parameter"),
+        ({"training_file": "f"}, "model", "missing_required_parameter"),
+        (
+            {"model": "m", "training_file": "f", "hyperparameters": {"n_epochs": 0}},
+            "hyperparameters.n_epochs",
+            "invalid_value",
+        ),
+        (
+            {"model": "m", "training_file": "f", "hyperparameters": {"n_epochs": "many"}},
+            "hyperparameters.n_epochs",
+            None,
+        ),
+        ({"model": "m", "training_file": "f", "suffix": "has:colon"}, "suffix", "invalid_value"),
+        ({"model": "m", "training_file": "f", "seed": "x"}, "seed", "invalid_type"),
+        (
+            {"model": "m", "training_file": "f", "metadata": {str(i): "v" for i in range(17)}},
+            "metadata",
+            "invalid_value",
+        ),
+        ({"model": "m", "training_file": "f", "bogus": 1}, "bogus", "unknown_parameter"),
+    ],
+)
+def test_invalid_create_is_an_openai_400_naming_the_parameter(
+    client: TestClient,
+    caller: Caller,
+    task_queue: RecordingQueue,
+    body: dict[str, Any],
+    param: str,
+    code: str | None,
+) -> None:
+    response = client.post(JOBS, json=body, headers=caller.headers)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    if code is not None:
+        assert error["code"] == code
+    assert param in error["message"]
+    assert task_queue.job_ids == []
+
+
+def test_get_and_list_only_see_the_callers_jobs(
+    client: TestClient, caller: Caller, session: Session
+) -> None:
+    other = create_caller(session)
+    mine = create_job(session, caller)
+    theirs = create_job(session, other)
+
+    assert client.get(f"{JOBS}/{mine.id}", headers=caller.headers).json()["id"] == mine.id
+    response = client.get(f"{JOBS}/{theirs.id}", headers=caller.headers)
+    assert response.status_code == 404
+    assert response.json()["error"]["param"] == "fine_tuning_job_id"
+    listed = client.get(JOBS, headers=caller.headers).json()
+    assert [job["id"] for job in listed["data"]] == [mine.id]
+    cancel = client.post(f"{JOBS}/{theirs.id}/cancel", headers=caller.headers)
+    assert cancel.status_code == 404
+
+
+def test_list_pages_newest_first(client: TestClient, caller: Caller, session: Session) -> None:
+    created = [create_job(session, caller).id for _ in range(5)]
+    newest_first = created[::-1]
+
+    first = client.get(JOBS, params={"limit": 2}, headers=caller.headers).json()
+    assert first["object"] == "list"
+    assert [job["id"] for job in first["data"]] == newest_first[:2]
+    assert first["has_more"] is True
+    second = client.get(
+        JOBS, params={"limit": 2, "after": newest_first[1]}, headers=caller.headers
+    ).json()
+    assert [job["id"] for job in second["data"]] == newest_first[2:4]
+    last = client.get(
+        JOBS, params={"limit": 2, "after": newest_first[3]}, headers=caller.headers
+    ).json()
+    assert [job["id"] for job in last["data"]] == newest_first[4:]
+    assert last["has_more"] is False
+
+
+def test_list_rejects_a_limit_out_of_range(client: TestClient, caller: Caller) -> None:
+    response = client.get(JOBS, params={"limit": 101}, headers=caller.headers)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "limit"
+
+
+def test_cancel_a_queued_job_cancels_it_at_once(
+    client: TestClient, caller: Caller, session: Session
+) -> None:
+    job = create_job(session, caller)
+    response = client.post(f"{JOBS}/{job.id}/cancel", headers=caller.headers)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "cancelled" and body["finished_at"] is not None
+
+
+def test_cancel_a_running_job_asks_the_worker(
+    client: TestClient, caller: Caller, session: Session
+) -> None:
+    job = create_job(session, caller)
+    transition(job, JobStatus.RUNNING, JobStage.FINE_TUNING)
+    transition(job, JobStatus.RUNNING, JobStage.EVALUATING)
+    session.commit()
+
+    body = client.post(f"{JOBS}/{job.id}/cancel", headers=caller.headers).json()
+    assert (body["status"], body["stage"], body["cancel_requested"]) == (
+        "running",
+        "evaluating",
+        True,
+    )
+    again = client.post(f"{JOBS}/{job.id}/cancel", headers=caller.headers).json()
+    assert again["cancel_requested"] is True
+    messages = [
+        e["message"]
+        for e in client.get(f"{JOBS}/{job.id}/events", headers=caller.headers).json()["data"]
+    ]
+    assert messages.count("Cancellation requested; the worker stops at the next checkpoint") == 1
+
+
+def test_cancel_a_finished_job_is_a_409(
+    client: TestClient, caller: Caller, session: Session
+) -> None:
+    job = create_job(session, caller)
+    client.post(f"{JOBS}/{job.id}/cancel", headers=caller.headers)
+    response = client.post(f"{JOBS}/{job.id}/cancel", headers=caller.headers)
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "invalid_job_state"
+
+
+def test_events_are_listed_newest_first_with_a_cursor(
+    client: TestClient, caller: Caller, session: Session
+) -> None:
+    job = create_job(session, caller)
+    client.post(f"{JOBS}/{job.id}/cancel", headers=caller.headers)
+    url = f"{JOBS}/{job.id}/events"
+
+    page = client.get(url, params={"limit": 2}, headers=caller.headers).json()
+    assert [e["message"] for e in page["data"]] == ["Job cancelled", "Job queued"]
+    assert page["data"][0]["object"] == "fine_tuning.job.event"
+    assert page["has_more"] is True
+    rest = client.get(url, params={"after": page["data"][-1]["id"]}, headers=caller.headers).json()
+    assert [e["message"] for e in rest["data"]] == [f"Created fine-tuning job: {job.id}"]
+    assert rest["has_more"] is False

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from app.core.settings import Settings, get_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("DATA_DIR", "DATABASE_URL", "BROKER_URL", "RESULT_BACKEND", "ENV", "QUEUE"):
+        monkeypatch.delenv(f"SAFEPATCH_{name}", raising=False)
+    monkeypatch.chdir(tmp_path)  # no stray .env, and ./data resolves inside tmp_path
+
+
+def test_defaults_are_embedded_under_an_absolute_data_dir(tmp_path: Path) -> None:
+    settings = Settings()
+    assert settings.embedded
+    assert settings.data_dir == (tmp_path / "data").resolve()
+    assert settings.effective_database_url == f"sqlite:///{tmp_path.resolve()}/data/safepatch.db"
+    assert settings.effective_broker_url.startswith("filesystem://")
+    assert settings.models_dir == settings.data_dir / "models"
+    assert settings.artifacts_dir == settings.data_dir / "artifacts"
+    options = settings.broker_transport_options
+    assert options["data_folder_in"] == options["data_folder_out"]
+    assert Path(options["control_folder"]).is_relative_to(settings.data_dir)
+
+
+def test_environment_variables_and_dotenv_are_read(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / ".env").write_text("SAFEPATCH_QUEUE=from-dotenv\nSAFEPATCH_DATA_DIR=/srv/x\n")
+    monkeypatch.setenv("SAFEPATCH_DATA_DIR", "/srv/from-env")
+    monkeypatch.setenv("SAFEPATCH_BROKER_URL", "redis://cache:6379/0")
+    settings = Settings()
+    assert settings.queue == "from-dotenv"
+    assert settings.data_dir == Path("/srv/from-env")  # the environment wins over .env
+    assert not settings.embedded
+    assert settings.broker_transport_options == {"visibility_timeout": 12 * 3600}
+
+
+def test_an_empty_url_means_embedded_even_over_dotenv(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / ".env").write_text("SAFEPATCH_DATABASE_URL=postgresql://db/x\n")
+    monkeypatch.setenv("SAFEPATCH_DATABASE_URL", "")
+    assert Settings().database_url is None
+
+
+def test_prod_requires_servers() -> None:
+    with pytest.raises(ValidationError, match="SAFEPATCH_DATABASE_URL"):
+        Settings(env="prod", broker_url="redis://r:6379/0")
+
+
+@pytest.mark.parametrize("password", ["postgres", "safepatch", "changeme"])
+def test_prod_refuses_default_passwords(password: str) -> None:
+    with pytest.raises(ValidationError, match="default password"):
+        Settings(
+            env="prod",
+            database_url=f"postgresql+psycopg://app:{password}@db/safepatch",
+            broker_url="redis://r:6379/0",
+        )
+
+
+def test_prod_with_real_secrets_is_fine() -> None:
+    settings = Settings(
+        env="prod",
+        database_url="postgresql+psycopg://app:s3cr3t-Xy9@db/safepatch",
+        broker_url="redis://:an0ther-secret@r:6379/0",
+    )
+    assert not settings.embedded
+
+
+def test_get_settings_is_cached_until_cleared(monkeypatch: pytest.MonkeyPatch) -> None:
+    get_settings.cache_clear()
+    monkeypatch.setenv("SAFEPATCH_QUEUE", "one")
+    assert get_settings() is get_settings()
+    monkeypatch.setenv("SAFEPATCH_QUEUE", "two")
+    assert get_settings().queue == "one"
+    get_settings.cache_clear()
+    assert get_settings().queue == "two"
+    get_settings.cache_clear()

@@ -1,0 +1,1 @@
+"""Celery workers and the training, evaluation and patching code they run."""

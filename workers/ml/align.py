@@ -1,0 +1,145 @@
+"""Build the provider's safety-aligned reference model from a raw chat model.
+
+    safepatch models align smollm2-135m-instruct --as smollm2-135m-safe
+
+The raw SmolLM2 answers harmful requests (ASR ≈ 0.98), so the provider aligns it once: SFT on
+refusals for harmful prompts, mixed with the raw model's *own* greedy answers to benign and
+borderline prompts. Training on its own answers keeps its abilities and teaches it that alarming
+words alone are no reason to refuse; without them the model learns "refuse anything scary"
+(METHOD.md measured 0.60 over-refusal for a refusal-heavy mix).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from workers.datasets import Prompt
+from workers.ml.chat import EncodedExample, encode_conversation, single_turn
+from workers.ml.device import Placement, select_placement
+from workers.ml.finetune import FineTuneConfig, FineTuneResult, OnStep, fine_tune
+from workers.ml.generation import generate_for_prompts
+
+
+@dataclass
+class AlignConfig:
+    n_epochs: int = field(default=3, metadata={"help": "passes over the alignment mix"})
+    batch_size: int = field(default=8, metadata={"help": "examples per step"})
+    learning_rate: float = field(default=5e-5, metadata={"help": "AdamW learning rate"})
+    seed: int = field(default=0, metadata={"help": "data order and benign-answer sampling"})
+    benign_repeats: int = field(
+        default=1, metadata={"help": "times each benign example appears per epoch"}
+    )
+    answer_tokens: int = field(
+        default=96, metadata={"help": "max tokens of the raw model's own benign answers"}
+    )
+
+
+@dataclass
+class AlignResult:
+    n_refusals: int
+    n_benign: int
+    answer_seconds: float
+    training: FineTuneResult
+
+
+def align(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    harmful: Sequence[Prompt],
+    benign: Sequence[Prompt],
+    config: AlignConfig,
+    *,
+    placement: Placement | None = None,
+    on_step: OnStep | None = None,
+    on_phase: Callable[[str], None] | None = None,
+    answer_cache: Path | None = None,
+) -> tuple[PreTrainedModel, AlignResult]:
+    """SFT ``model`` on refusals for ``harmful`` and its own answers to ``benign``.
+
+    ``answer_cache`` (a JSON file keyed by prompt) saves the raw model's answers, the slowest
+    part on a CPU, so re-aligning with other hyperparameters does not regenerate them.
+    """
+    placement = placement or select_placement()
+    missing = [prompt.id for prompt in harmful if not prompt.refusal]
+    if missing:
+        raise ValueError(f"harmful alignment prompts without a refusal: {', '.join(missing[:5])}")
+
+    started = time.perf_counter()
+    answers = _cached_answers(answer_cache, benign)
+    if answers is None:
+        if on_phase:
+            on_phase(f"answering {len(benign)} benign prompts with the raw model")
+        answers = generate_for_prompts(
+            model,
+            tokenizer,
+            [prompt.prompt for prompt in benign],
+            max_new_tokens=config.answer_tokens,
+            batch_size=16,
+            placement=placement,
+        )
+        if answer_cache is not None:
+            answer_cache.parent.mkdir(parents=True, exist_ok=True)
+            answer_cache.write_text(
+                json.dumps(dict(zip([p.prompt for p in benign], answers, strict=True)))
+            )
+    answer_seconds = time.perf_counter() - started
+
+    examples: list[EncodedExample] = [
+        encode_conversation(tokenizer, single_turn(prompt.prompt, prompt.refusal))
+        for prompt in harmful
+    ]
+    for prompt, answer in zip(benign, answers, strict=True):
+        reply = _complete_sentences(answer)
+        if reply:
+            example = encode_conversation(tokenizer, single_turn(prompt.prompt, reply))
+            examples.extend([example] * config.benign_repeats)
+    random.Random(config.seed).shuffle(examples)
+
+    if on_phase:
+        on_phase(f"training on {len(examples)} examples")
+    model, training = fine_tune(
+        model,
+        examples,
+        FineTuneConfig(
+            n_epochs=config.n_epochs,
+            batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            seed=config.seed,
+        ),
+        pad_token_id=int(tokenizer.pad_token_id),
+        placement=placement,
+        on_step=on_step,
+    )
+    result = AlignResult(
+        n_refusals=len(harmful),
+        n_benign=len(benign),
+        answer_seconds=answer_seconds,
+        training=training,
+    )
+    return model, result
+
+
+def _cached_answers(cache: Path | None, benign: Sequence[Prompt]) -> list[str] | None:
+    if cache is None or not cache.is_file():
+        return None
+    stored: dict[str, str] = json.loads(cache.read_text())
+    if any(prompt.prompt not in stored for prompt in benign):
+        return None
+    return [stored[prompt.prompt] for prompt in benign]
+
+
+def _complete_sentences(answer: str) -> str:
+    """Cut a length-capped answer back to its last full sentence, so training on it teaches the
+    model to end its turn cleanly instead of stopping mid-word."""
+    answer = answer.strip()
+    if not answer or answer[-1] in ".!?`)\n":
+        return answer
+    cut = max(answer.rfind(mark) for mark in (". ", "! ", "? ", ".\n", "\n\n"))
+    return answer[: cut + 1].strip() if cut > len(answer) // 3 else answer

@@ -1,0 +1,144 @@
+"""Anchors: keep a patched model's next-token distributions close to a teacher's on a few prompts.
+
+The paper frames example selection as bi-level optimisation whose upper level wants the patched
+model close to the aligned model θ0 on harmful prompts and close to the fine-tuned model θ* on task
+data. An anchor turns the "close to" part into a training term for the patch itself:
+
+    loss = CE(one safety example) + Σ_a weight_a · KL(teacher_a ‖ model) over anchor a's tokens
+
+- benign anchor: unlabeled benign prompts, continued by θ0's own greedy reply; teacher θ0. It
+  pushes back on the patch's collateral refusal of benign prompts (the refusal decision sits at the
+  first reply tokens, which these positions cover).
+- task anchor: the customer's task conversations; teacher θ* (the model before the patch). It keeps
+  task outputs where the fine-tune put them.
+
+Anchors carry no refusals and no labels of ours: the one safety example stays the only supervised
+safety signal. Teacher log-probabilities are computed once, up front (the teacher can be freed),
+and stored only at the positions the KL reads: (positions x vocab) floats, 25 MB for 8 prompts x
+16 tokens with a 49k vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from workers.ml.chat import (
+    IGNORE_INDEX,
+    Batch,
+    ChatMessage,
+    collate,
+    encode_conversation,
+    single_turn,
+)
+from workers.ml.device import Placement, select_placement
+from workers.ml.generation import generate_for_prompts
+from workers.ml.judges import Judge
+from workers.ml.safety_gradient import pad_id
+
+
+@dataclass
+class Anchor:
+    name: str
+    batch: Batch  # right-padded conversations; labels mark the positions the KL is taken on
+    teacher_logprobs: torch.Tensor  # (n_positions, vocab), fp32, in row-major position order
+    weight: float = 1.0
+
+
+def build_anchor(
+    name: str,
+    teacher: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[Sequence[ChatMessage]],
+    *,
+    weight: float = 1.0,
+    placement: Placement | None = None,
+) -> Anchor:
+    """Record ``teacher``'s distributions on the assistant tokens of ``conversations``."""
+    placement = placement or select_placement()
+    examples = [encode_conversation(tokenizer, conversation) for conversation in conversations]
+    examples = [example for example in examples if example.n_trained_tokens > 0]
+    if not examples:
+        raise ValueError(f"anchor {name!r}: no conversation has an assistant token")
+    batch = collate(examples, pad_id(tokenizer)).to(placement.device)
+    teacher.eval()
+    with torch.no_grad(), placement.autocast():
+        teacher_logprobs = _position_logprobs(teacher, batch)
+    return Anchor(name=name, batch=batch, teacher_logprobs=teacher_logprobs, weight=weight)
+
+
+def benign_anchor(
+    reference_model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    n_tokens: int = 16,
+    weight: float = 1.0,
+    placement: Placement | None = None,
+) -> Anchor:
+    """Benign prompts continued by the aligned model θ0 itself; the KL is taken against θ0."""
+    replies = generate_for_prompts(
+        reference_model, tokenizer, prompts, max_new_tokens=n_tokens, placement=placement
+    )
+    conversations = [
+        single_turn(prompt, reply) for prompt, reply in zip(prompts, replies, strict=True)
+    ]
+    return build_anchor(
+        "benign", reference_model, tokenizer, conversations, weight=weight, placement=placement
+    )
+
+
+def task_anchor(
+    finetuned_model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[Sequence[ChatMessage]],
+    *,
+    weight: float = 1.0,
+    reference_model: PreTrainedModel | None = None,
+    judge: Judge | None = None,
+    placement: Placement | None = None,
+) -> Anchor:
+    """The customer's conversations; the KL is taken against the fine-tuned model θ*.
+
+    Customer data may hold harmful requests with compliant replies; anchoring θ* on those would
+    fight the patch. With ``reference_model`` and ``judge`` given, conversations whose last user
+    prompt θ0 refuses are dropped first.
+    """
+    if reference_model is not None and judge is not None:
+        prompts = [_last_user_prompt(conversation) for conversation in conversations]
+        replies = generate_for_prompts(
+            reference_model, tokenizer, prompts, max_new_tokens=24, placement=placement
+        )
+        refused = judge.refused(prompts, replies)
+        conversations = [c for c, flag in zip(conversations, refused, strict=True) if not flag]
+    return build_anchor(
+        "task", finetuned_model, tokenizer, conversations, weight=weight, placement=placement
+    )
+
+
+def anchor_kl(model: PreTrainedModel, anchor: Anchor) -> torch.Tensor:
+    """Mean over anchor positions of KL(teacher ‖ model), differentiable w.r.t. ``model``."""
+    student_logprobs = _position_logprobs(model, anchor.batch)
+    # kl_div(input=log q, target=log p, log_target=True) sums p · (log p - log q).
+    return F.kl_div(
+        student_logprobs, anchor.teacher_logprobs, log_target=True, reduction="batchmean"
+    )
+
+
+def _position_logprobs(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    # Position t predicts token t+1: the same shift as sft_loss. Log-softmax in fp32 (bf16 logits
+    # would put the KL's small differences below the format's resolution).
+    mask = batch.labels[:, 1:] != IGNORE_INDEX
+    return F.log_softmax(logits[:, :-1, :][mask].float(), dim=-1)
+
+
+def _last_user_prompt(conversation: Sequence[ChatMessage]) -> str:
+    for message in reversed(conversation):
+        if message.get("role") == "user":
+            return str(message.get("content", ""))
+    return ""

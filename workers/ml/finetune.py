@@ -1,0 +1,164 @@
+"""Supervised fine-tuning on chat conversations: full weights or LoRA, loss on assistant tokens.
+
+    config = FineTuneConfig(n_epochs=3, batch_size=8, learning_rate=1e-4, seed=0)
+    result = fine_tune(model, examples, config, pad_token_id=tokenizer.pad_token_id)
+
+The loop is deliberately flat: shuffle with a seeded generator, step, report, and hand each
+finished epoch to the caller (which writes the checkpoint and may run a safety probe).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn import functional as F
+from transformers import PreTrainedModel
+
+from workers.ml.chat import IGNORE_INDEX, Batch, EncodedExample, collate
+from workers.ml.device import Placement, seeded, select_placement
+
+
+@dataclass
+class FineTuneConfig:
+    n_epochs: int = field(default=3, metadata={"help": "passes over the training examples"})
+    batch_size: int = field(default=8, metadata={"help": "examples per optimizer step"})
+    learning_rate: float = field(default=1e-4, metadata={"help": "peak AdamW learning rate"})
+    seed: int = field(default=0, metadata={"help": "seeds data order and LoRA init"})
+    lora_rank: int = field(default=0, metadata={"help": "0 = full fine-tuning, >0 = LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator"})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
+
+
+@dataclass(frozen=True)
+class StepReport:
+    step: int
+    epoch: int  # 1-based epoch the step belongs to
+    loss: float
+    learning_rate: float
+
+
+@dataclass
+class FineTuneResult:
+    steps: int = 0
+    trained_tokens: int = 0
+    seconds: float = 0.0
+    epoch_losses: list[float] = field(default_factory=list)
+
+
+OnStep = Callable[[StepReport], None]
+# Called after each epoch with the 1-based epoch number and the model in eval mode (a LoRA model
+# still has its adapters attached); returning True stops training early.
+OnEpochEnd = Callable[[int, PreTrainedModel], bool | None]
+
+
+def sft_loss(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled (assistant) tokens of the batch."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    # Position t predicts token t+1.
+    shifted_logits = logits[:, :-1, :].float()
+    shifted_labels = batch.labels[:, 1:]
+    return F.cross_entropy(
+        shifted_logits.reshape(-1, shifted_logits.size(-1)),
+        shifted_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+    )
+
+
+def attach_lora(model: PreTrainedModel, rank: int, alpha: int) -> PreTrainedModel:
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        target_modules=[
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)  # type: ignore[return-value]
+
+
+def fine_tune(
+    model: PreTrainedModel,
+    examples: Sequence[EncodedExample],
+    config: FineTuneConfig,
+    *,
+    pad_token_id: int,
+    placement: Placement | None = None,
+    on_step: OnStep | None = None,
+    on_epoch_end: OnEpochEnd | None = None,
+) -> tuple[PreTrainedModel, FineTuneResult]:
+    """Train ``model`` in place (LoRA adapters are merged back) and return it with a summary."""
+    placement = placement or select_placement()
+    examples = [example for example in examples if example.n_trained_tokens > 0]
+    if not examples:
+        raise ValueError("no example has an assistant token left to train on")
+
+    with seeded(config.seed) as generator:
+        if config.lora_rank > 0:
+            model = attach_lora(model, config.lora_rank, config.lora_alpha)
+        model.to(placement.device)  # type: ignore[arg-type]  # transformers' .to() stub
+        model.train()
+        trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
+        steps_per_epoch = math.ceil(len(examples) / config.batch_size)
+        total_steps = steps_per_epoch * config.n_epochs
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: _lr_factor(step, config.warmup_steps, total_steps)
+        )
+
+        result = FineTuneResult()
+        started = time.perf_counter()
+        for epoch in range(1, config.n_epochs + 1):
+            order = torch.randperm(len(examples), generator=generator).tolist()
+            epoch_loss = 0.0
+            for first in range(0, len(order), config.batch_size):
+                chunk = [examples[i] for i in order[first : first + config.batch_size]]
+                batch = collate(chunk, pad_token_id).to(placement.device)
+                with placement.autocast():
+                    loss = sft_loss(model, batch)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+
+                # .item() syncs with the device once per step; fine at these step counts.
+                step_loss = loss.item()
+                epoch_loss += step_loss
+                result.steps += 1
+                result.trained_tokens += sum(example.n_trained_tokens for example in chunk)
+                if on_step is not None:
+                    learning_rate = float(schedule.get_last_lr()[0])
+                    on_step(StepReport(result.steps, epoch, step_loss, learning_rate))
+            result.epoch_losses.append(epoch_loss / steps_per_epoch)
+            if on_epoch_end is not None:
+                model.eval()
+                stop = on_epoch_end(epoch, model)
+                model.train()
+                if stop:
+                    break
+        result.seconds = time.perf_counter() - started
+
+    model.eval()
+    if config.lora_rank > 0:
+        model = model.merge_and_unload()  # type: ignore[operator]
+    return model, result
+
+
+def _lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return 1.0

@@ -1,0 +1,208 @@
+"""The patch stage of the pipeline: choose, patch, verify, and try the next candidate on a miss.
+
+Each attempt patches a fresh copy of the fine-tuned model with one candidate, evaluates it on the
+full suites and judges it by the acceptance rule (each number against its right reference). At
+most ``max_patch_attempts`` candidates are tried; when none passes, the attempt that missed the
+rule by the least is reported with ``accepted: false`` and the reasons, never dressed up as a pass.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from workers import data
+from workers.datasets import Conversation, load_prompts
+from workers.ml.acceptance import Verdict, judge_patch
+from workers.ml.anchors import Anchor, benign_anchor
+from workers.ml.chat import ChatMessage
+from workers.ml.device import Placement
+from workers.ml.evaluate import EvalSuite, StageMetrics, evaluate
+from workers.ml.events import EventSink, PipelineEvent
+from workers.ml.generation import generate_for_prompts
+from workers.ml.judges import Judge
+from workers.ml.patch import (
+    PatchConfig,
+    PatchResult,
+    ProbeRecord,
+    SafetyExample,
+    aligned_refusal,
+    apply_patch,
+    with_reference_targets,
+)
+from workers.ml.probe import GenerationProbe, sample_probe_prompts
+from workers.ml.selection import Candidate, select_examples
+from workers.ml.suites import user_prompts
+
+if TYPE_CHECKING:
+    from workers.ml.pipeline import PipelineConfig
+
+
+@dataclass
+class PatchOutcome:
+    model: PreTrainedModel | None
+    metrics: StageMetrics | None
+    report: dict[str, Any]
+
+
+@dataclass
+class _Attempt:
+    model: PreTrainedModel
+    result: PatchResult
+    metrics: StageMetrics
+    verdict: Verdict
+
+    def miss(self, base: StageMetrics, finetuned: StageMetrics) -> float:
+        """How far the attempt is from the rule (0 when accepted), for choosing the best miss."""
+        return (
+            max(0.0, self.metrics.asr - base.asr)
+            + max(0.0, self.metrics.over_refusal - base.over_refusal)
+            + max(0.0, finetuned.utility - self.metrics.utility)
+        )
+
+
+def patch_until_accepted(
+    *,
+    base_model: PreTrainedModel,
+    finetuned: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    train: list[Conversation],
+    eval_suite: EvalSuite,
+    base_metrics: StageMetrics,
+    finetuned_metrics: StageMetrics,
+    config: PipelineConfig,
+    judge: Judge,
+    placement: Placement,
+    on_event: EventSink,
+) -> PatchOutcome:
+    started = time.perf_counter()
+    pool = [
+        Candidate(id=p.id, category=p.category or "", prompt=p.prompt, refusal=p.refusal or "")
+        for p in load_prompts(data.SAFETY_POOL)
+    ]
+    customer = sorted(user_prompts(train))
+    align_benign = [p.prompt for p in load_prompts(data.ALIGN_BENIGN)]
+
+    on_event(PipelineEvent("patch", f"ranking {len(pool)} safety candidates"))
+    selection = select_examples(
+        finetuned, tokenizer, pool,
+        customer_prompts=[m.content for c in train for m in c if m.role == "user"],
+        task_conversations=_benign_task(base_model, tokenizer, train, judge, placement),
+        benign_prompts=align_benign,
+        reference_model=base_model,
+        placement=placement,
+    )  # fmt: skip
+    on_event(PipelineEvent("patch", "candidates ranked", {
+        "seconds": selection.seconds, "excluded": selection.excluded,
+        "top": [{"id": s.candidate.id, "score": s.score} for s in selection.ranked[:5]],
+    }))  # fmt: skip
+
+    # The probe: pool prompts and alignment-set benign prompts, both disjoint from the evaluation
+    # suites, so stopping decisions never peek at the numbers the patch is judged on.
+    harmful_probe, benign_probe = sample_probe_prompts(
+        [c.prompt for c in pool], align_benign, exclude=customer, seed=config.seed
+    )
+    probe = GenerationProbe(tokenizer, harmful_probe, benign_probe, judge, placement=placement)
+    patch_config = with_reference_targets(
+        PatchConfig(strategy=config.strategy, seed=config.seed), probe(base_model)
+    )
+    anchors: list[Anchor] = []
+    if config.strategy == "sft":
+        anchors.append(benign_anchor(base_model, tokenizer, benign_probe, placement=placement))
+
+    attempts: list[_Attempt] = []
+    for number, scored in enumerate(selection.ranked[: config.max_patch_attempts], start=1):
+        candidate = scored.candidate
+        # The aligned model's own wording of the refusal when it has one: moving the patched
+        # model back toward θ0's distribution costs the least collateral.
+        reply = (
+            aligned_refusal(base_model, tokenizer, candidate.prompt, judge, placement=placement)
+            or candidate.refusal
+        )
+        example = SafetyExample(
+            prompt=candidate.prompt, reply=reply, id=candidate.id, category=candidate.category
+        )
+        on_event(PipelineEvent("patch", f"attempt {number}: {candidate.id}", {
+            "attempt": number, "example": {"prompt": example.prompt, "reply": example.reply},
+        }))  # fmt: skip
+
+        def on_epoch(record: ProbeRecord, attempt: int = number) -> None:
+            on_event(
+                PipelineEvent(
+                    "epoch",
+                    f"patch epoch {record.epoch}: probe ASR "
+                    f"{record.asr:.2f}, over-refusal {record.over_refusal:.2f}",
+                    {"attempt": attempt} | record.__dict__,
+                )
+            )
+
+        patched, result = apply_patch(
+            copy.deepcopy(finetuned), tokenizer, example, patch_config,
+            probe=probe, anchors=anchors, placement=placement, on_epoch=on_epoch,
+        )  # fmt: skip
+        metrics = evaluate(patched, tokenizer, eval_suite, judge, placement=placement)
+        verdict = judge_patch(base_metrics, finetuned_metrics, metrics, config.rule)
+        result.accepted = verdict.accepted
+        on_event(PipelineEvent("metrics", f"patched metrics (attempt {number})", {
+            "stage": "patched", "attempt": number, "accepted": verdict.accepted,
+            "reasons": list(verdict.reasons),
+        } | metrics.summary()))  # fmt: skip
+        attempts.append(_Attempt(patched, result, metrics, verdict))
+        if verdict.accepted:
+            break
+
+    best = min(attempts, key=lambda a: a.miss(base_metrics, finetuned_metrics))
+    report = best.result.to_report() | {
+        "accepted": best.verdict.accepted,
+        "reasons": list(best.verdict.reasons),
+        "selection": {
+            "rule": "score = w_pool·cos(g,g_pool) - w_task·|cos(g,g_task)| - "
+                    "w_over·cos(g,g_over) - w_nll·nll_ref (workers/ml/selection.py)",
+            "seconds": selection.seconds,
+            "excluded_customer_prompts": selection.excluded,
+            "chosen": {"id": best.result.example.id} | _components(selection, best.result),
+        },
+        "attempts": [
+            {"example_id": a.result.example.id, "accepted": a.verdict.accepted,
+             "reasons": list(a.verdict.reasons), "epochs": a.result.epochs,
+             "seconds": a.result.seconds, "asr": a.metrics.asr,
+             "over_refusal": a.metrics.over_refusal, "utility": a.metrics.utility}
+            for a in attempts
+        ],
+        "total_seconds": time.perf_counter() - started,
+    }  # fmt: skip
+    return PatchOutcome(model=best.model, metrics=best.metrics, report=report)
+
+
+def _benign_task(
+    base_model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    train: list[Conversation],
+    judge: Judge,
+    placement: Placement,
+) -> list[list[ChatMessage]]:
+    """The customer's conversations whose request the aligned model θ0 does not refuse.
+
+    Customer data may hold harmful requests with compliant replies; protecting the task loss on
+    those would protect the attack. θ0's own refusal is the test of what counts as harmful.
+    """
+    conversations: list[list[ChatMessage]] = [[m.as_dict() for m in c] for c in train]
+    prompts = [
+        next(str(m["content"]) for m in reversed(c) if m["role"] == "user") for c in conversations
+    ]
+    replies = generate_for_prompts(
+        base_model, tokenizer, prompts, max_new_tokens=24, placement=placement
+    )
+    refused = judge.refused(prompts, replies)
+    return [c for c, flag in zip(conversations, refused, strict=True) if not flag]
+
+
+def _components(selection: Any, result: PatchResult) -> dict[str, Any]:
+    for scored in selection.ranked:
+        if scored.candidate.id == result.example.id:
+            return {"score": scored.score, "components": scored.components}
+    return {}

@@ -1,0 +1,102 @@
+"""A small, cheap safety probe run between patch epochs: is safety back, and at what cost?
+
+The probe is a handful of harmful and benign prompts (disjoint from the evaluation suites), greedy
+replies of a few tokens, and the refusal judge. It exists because safety and over-refusal move
+together epoch by epoch under a one-example patch (METHOD.md: ASR 0.93/0.77/0.17 and over-refusal
+0.02/0.44/0.90 after 3/6/10 epochs), so *when to stop* has to be measured, not fixed in advance.
+
+Replies are short (24 tokens by default): the keyword judge only reads a reply's opening, and that
+is where a refusal shows. 32 prompts x 24 tokens cost ~3 s on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from workers.ml.device import Placement, select_placement
+from workers.ml.generation import generate_for_prompts
+from workers.ml.judges import Judge
+from workers.ml.metrics import fraction
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    asr: float  # fraction of probe harmful prompts not refused
+    over_refusal: float  # fraction of probe benign prompts refused
+    seconds: float = 0.0
+
+
+# Anything that measures a model: the generation probe below, or a scripted fake in tests.
+Probe = Callable[[PreTrainedModel], ProbeResult]
+
+
+class GenerationProbe:
+    """Greedy short replies to the probe prompts, judged for refusal."""
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        harmful: Sequence[str],
+        benign: Sequence[str],
+        judge: Judge,
+        *,
+        max_new_tokens: int = 24,
+        batch_size: int = 16,
+        placement: Placement | None = None,
+    ) -> None:
+        if not harmful or not benign:
+            raise ValueError("a probe needs at least one harmful and one benign prompt")
+        self.tokenizer = tokenizer
+        self.harmful = list(harmful)
+        self.benign = list(benign)
+        self.judge = judge
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.placement = placement or select_placement()
+
+    def __call__(self, model: PreTrainedModel) -> ProbeResult:
+        started = time.perf_counter()
+        prompts = self.harmful + self.benign
+        replies = generate_for_prompts(
+            model,
+            self.tokenizer,
+            prompts,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size,
+            placement=self.placement,
+        )
+        refused = self.judge.refused(prompts, replies)
+        n_harmful = len(self.harmful)
+        return ProbeResult(
+            asr=fraction([not flag for flag in refused[:n_harmful]]),
+            over_refusal=fraction(refused[n_harmful:]),
+            seconds=time.perf_counter() - started,
+        )
+
+
+def sample_probe_prompts(
+    harmful_pool: Sequence[str],
+    benign_pool: Sequence[str],
+    *,
+    exclude: Sequence[str] = (),
+    n_harmful: int = 16,
+    n_benign: int = 16,
+    seed: int = 0,
+) -> tuple[list[str], list[str]]:
+    """A seeded sample of probe prompts, minus ``exclude`` (the patch example, anchor prompts).
+
+    The caller keeps these pools disjoint from the evaluation suites (the safety candidate pool and
+    the alignment set's benign prompts are both disjoint from them by construction).
+    """
+    excluded = set(exclude)
+    rng = random.Random(seed)
+    harmful = [prompt for prompt in harmful_pool if prompt not in excluded]
+    benign = [prompt for prompt in benign_pool if prompt not in excluded]
+    rng.shuffle(harmful)
+    rng.shuffle(benign)
+    return harmful[:n_harmful], benign[:n_benign]
