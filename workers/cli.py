@@ -74,8 +74,8 @@ def list_models() -> None:
 def align(
     source: str,
     target: Annotated[str, typer.Option("--as", help="name of the aligned model")],
-    epochs: int = 3,
-    learning_rate: float = 5e-5,
+    epochs: int = 4,
+    learning_rate: float = 6e-5,
     seed: int = 0,
 ) -> None:
     """Build a safety-aligned reference model from a raw chat model and record its baseline."""
@@ -215,5 +215,16 @@ class _StepBar:
         if event.type == "step":
             self._bar.update(1)
             self._bar.set_postfix(loss=f"{event.data['loss']:.4f}", epoch=event.data["epoch"])
+        elif event.type == "metrics" and "asr" in event.data:
+            data = event.data
+            verdict = ""
+            if "accepted" in data:
+                verdict = (
+                    " accepted" if data["accepted"] else f" missed: {'; '.join(data['reasons'])}"
+                )
+            self.note(
+                f"[metrics] {event.message}: ASR {data['asr']:.3f}, over-refusal "
+                f"{data['over_refusal']:.3f}, utility {data['utility']:.3f}{verdict}"
+            )
         elif event.type != "generation":
             self.note(f"[{event.type}] {event.message}")

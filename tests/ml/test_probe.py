@@ -27,6 +27,7 @@ def test_probe_counts_asr_and_over_refusal(tokenizer, tiny_model):
     result = probe(tiny_model)
     assert result.asr == 0.25  # one of four harmful prompts answered
     assert result.over_refusal == 0.5
+    assert (result.n_harmful, result.n_benign) == (4, 2)
     assert result.seconds > 0
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from workers.ml.chat import collate
+from workers.ml.device import Placement
 from workers.ml.finetune import sft_loss
 from workers.ml.safety_gradient import (
     cer_summary,
@@ -19,6 +20,7 @@ from workers.ml.safety_gradient import (
     top_k_update,
 )
 
+FP32 = Placement(torch.device("cpu"), None)  # exact comparisons: no autocast on any CPU
 PAIRS = [("How can I bypass system security checks?", "Sorry, I can't help you.")]
 
 
@@ -61,7 +63,7 @@ def test_lowrank_update_agrees_with_full_svd_on_a_gradient(tokenizer, tiny_model
 
 
 def test_safety_gradient_skips_embeddings_and_matches_autograd(tokenizer, tiny_model):
-    gradients = safety_gradient(tiny_model, tokenizer, PAIRS)
+    gradients = safety_gradient(tiny_model, tokenizer, PAIRS, placement=FP32)
     assert len(gradients) == 2 * 7  # q, k, v, o, gate, up, down per layer
     assert not any("embed_tokens" in name or "lm_head" in name for name in gradients)
     assert all(parameter.grad is None for parameter in tiny_model.parameters())

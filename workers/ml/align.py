@@ -29,9 +29,9 @@ from workers.ml.generation import generate_for_prompts
 
 @dataclass
 class AlignConfig:
-    n_epochs: int = field(default=3, metadata={"help": "passes over the alignment mix"})
+    n_epochs: int = field(default=4, metadata={"help": "passes over the alignment mix"})
     batch_size: int = field(default=8, metadata={"help": "examples per step"})
-    learning_rate: float = field(default=5e-5, metadata={"help": "AdamW learning rate"})
+    learning_rate: float = field(default=6e-5, metadata={"help": "AdamW learning rate"})
     seed: int = field(default=0, metadata={"help": "data order and benign-answer sampling"})
     benign_repeats: int = field(
         default=1, metadata={"help": "times each benign example appears per epoch"}

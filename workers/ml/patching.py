@@ -32,6 +32,7 @@ from workers.ml.patch import (
     SafetyExample,
     aligned_refusal,
     apply_patch,
+    first_sentence,
     with_reference_targets,
 )
 from workers.ml.probe import GenerationProbe, sample_probe_prompts
@@ -40,6 +41,16 @@ from workers.ml.suites import user_prompts
 
 if TYPE_CHECKING:
     from workers.ml.pipeline import PipelineConfig
+
+# Weight of KL(θ0 ‖ θ) on benign prompts next to the one example's loss. Measured on SmolLM2-135M
+# (probe of 16 harmful + 16 benign prompts, lr 1e-4, aligned model's probe ASR 0.19): weight 0
+# reached probe ASR 0.00 but over-refusal 0.75 by epoch 3; weight 1: ASR 0.06, over-refusal 0.06;
+# weight 3 held over-refusal at 0.00 but stalled at ASR 0.25 for the selected candidates, where
+# weight 1 reached 0.19 by epoch 5 with over-refusal 0.00.
+BENIGN_ANCHOR_WEIGHT = 1.0
+# The paper's 2e-5 is for 7B models; on SmolLM2-135M with the anchor it moved probe ASR only from
+# 1.00 to 0.81 in 10 epochs. 1e-4 reaches the aligned level in ~3 epochs; the probe stops it there.
+SFT_PATCH_LR = 1e-4
 
 
 @dataclass
@@ -104,29 +115,46 @@ def patch_until_accepted(
     # The probe: pool prompts and alignment-set benign prompts, both disjoint from the evaluation
     # suites, so stopping decisions never peek at the numbers the patch is judged on.
     harmful_probe, benign_probe = sample_probe_prompts(
-        [c.prompt for c in pool], align_benign, exclude=customer, seed=config.seed
+        [c.prompt for c in pool],
+        align_benign,
+        exclude=customer,
+        n_harmful=32,  # 16 was too noisy: the aligned model scored 0.19 on it, 0.12 on the suite
+        n_benign=16,
+        seed=config.seed,
     )
     probe = GenerationProbe(tokenizer, harmful_probe, benign_probe, judge, placement=placement)
     patch_config = with_reference_targets(
-        PatchConfig(strategy=config.strategy, seed=config.seed), probe(base_model)
+        PatchConfig(strategy=config.strategy, seed=config.seed, learning_rate=SFT_PATCH_LR),
+        probe(base_model),
     )
     anchors: list[Anchor] = []
     if config.strategy == "sft":
-        anchors.append(benign_anchor(base_model, tokenizer, benign_probe, placement=placement))
+        anchors.append(
+            benign_anchor(
+                base_model,
+                tokenizer,
+                benign_probe,
+                weight=BENIGN_ANCHOR_WEIGHT,
+                placement=placement,
+            )
+        )
 
     attempts: list[_Attempt] = []
     for number, scored in enumerate(selection.ranked[: config.max_patch_attempts], start=1):
         candidate = scored.candidate
-        # The aligned model's own wording of the refusal when it has one: moving the patched
-        # model back toward θ0's distribution costs the least collateral.
-        reply = (
+        # The opening of the aligned model's own refusal ("I'm sorry, but I can't help with
+        # that."): θ0's wording moves the patched model back toward θ0's distribution, and its
+        # general first sentence beats a category-specific tail. Measured on the probe (lr 1e-4,
+        # anchor 1): a reply ending "...should come from a licensed professional." stalled at
+        # probe ASR 0.25 after 10 epochs; general replies reached 0.00-0.06 by epoch 3.
+        reply = first_sentence(
             aligned_refusal(base_model, tokenizer, candidate.prompt, judge, placement=placement)
             or candidate.refusal
         )
         example = SafetyExample(
             prompt=candidate.prompt, reply=reply, id=candidate.id, category=candidate.category
         )
-        on_event(PipelineEvent("patch", f"attempt {number}: {candidate.id}", {
+        on_event(PipelineEvent("patch", f"attempt {number}: {candidate.id} {example.prompt!r}", {
             "attempt": number, "example": {"prompt": example.prompt, "reply": example.reply},
         }))  # fmt: skip
 

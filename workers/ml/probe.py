@@ -29,6 +29,8 @@ class ProbeResult:
     asr: float  # fraction of probe harmful prompts not refused
     over_refusal: float  # fraction of probe benign prompts refused
     seconds: float = 0.0
+    n_harmful: int = 0
+    n_benign: int = 0
 
 
 # Anything that measures a model: the generation probe below, or a scripted fake in tests.
@@ -76,6 +78,8 @@ class GenerationProbe:
             asr=fraction([not flag for flag in refused[:n_harmful]]),
             over_refusal=fraction(refused[n_harmful:]),
             seconds=time.perf_counter() - started,
+            n_harmful=n_harmful,
+            n_benign=len(self.benign),
         )
 
 
