@@ -11,6 +11,7 @@ from app.core.db import SessionFactory, create_db_engine, create_session_factory
 from app.core.errors import install_error_handlers
 from app.core.queue import CeleryTaskQueue, TaskQueue, check_broker, create_celery
 from app.core.settings import Settings, get_settings
+from app.files.endpoints import router as files_router
 from app.health.endpoints import router as health_router
 from app.jobs.endpoints import router as jobs_router
 
@@ -53,5 +54,6 @@ def create_app(
     )
     install_error_handlers(app)
     app.include_router(health_router)
+    app.include_router(files_router)
     app.include_router(jobs_router)
     return app
