@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.audit.endpoints import router as audit_router
 from app.core.db import SessionFactory, create_db_engine, create_session_factory
 from app.core.errors import install_error_handlers
 from app.core.queue import CeleryTaskQueue, TaskQueue, check_broker, create_celery
@@ -56,4 +57,5 @@ def create_app(
     app.include_router(health_router)
     app.include_router(files_router)
     app.include_router(jobs_router)
+    app.include_router(audit_router)
     return app

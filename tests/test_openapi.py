@@ -8,6 +8,7 @@ def test_openapi_documents_every_endpoint(client: TestClient) -> None:
     assert set(schema["paths"]) == {
         "/healthz",
         "/readyz",
+        "/v1/audit",
         "/v1/files",
         "/v1/files/{file_id}",
         "/v1/files/{file_id}/content",
