@@ -11,17 +11,19 @@ import hashlib
 import json
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.audit import repository
-from app.auth.service import AuthContext
 from app.core.errors import InvalidRequest, NotFound
 from app.core.ids import new_id
 from app.db.base import utcnow
 from app.db.models import AuditRecord
+
+if TYPE_CHECKING:  # app.auth.service imports this module (it audits key creation)
+    from app.auth.service import AuthContext
 
 GENESIS_HASH = "0" * 64
 # Concurrent writers (API and workers) may race for the same seq; the unique constraint makes
