@@ -21,6 +21,7 @@ from app.core.db import create_db_engine, create_session_factory, session_scope
 from app.core.ids import random_token
 from app.core.settings import Settings
 from app.jobs.states import TERMINAL
+from workers.data import DEMO_TRAIN
 
 POLL_INTERVAL_S = 0.1
 
@@ -70,11 +71,19 @@ def _demo(
 
     key = create_demo_tenant(settings)
     with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"}) as client:
+        upload = client.post(
+            "/v1/files",
+            files={"file": (DEMO_TRAIN.name, DEMO_TRAIN.read_bytes())},
+            data={"purpose": "fine-tune"},
+        )
+        upload.raise_for_status()
+        training_file = upload.json()["id"]
+        say(f"uploaded {DEMO_TRAIN.name} as {training_file}")
         response = client.post(
             "/v1/fine_tuning/jobs",
             json={
                 "model": "smollm2-135m-instruct",
-                "training_file": "file-demo",
+                "training_file": training_file,
                 "suffix": "demo",
                 "metadata": {"source": "safepatch demo"},
             },

@@ -7,10 +7,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.audit.endpoints import router as audit_router
 from app.core.db import SessionFactory, create_db_engine, create_session_factory
 from app.core.errors import install_error_handlers
 from app.core.queue import CeleryTaskQueue, TaskQueue, check_broker, create_celery
 from app.core.settings import Settings, get_settings
+from app.files.endpoints import router as files_router
 from app.health.endpoints import router as health_router
 from app.jobs.endpoints import router as jobs_router
 
@@ -53,5 +55,7 @@ def create_app(
     )
     install_error_handlers(app)
     app.include_router(health_router)
+    app.include_router(files_router)
     app.include_router(jobs_router)
+    app.include_router(audit_router)
     return app

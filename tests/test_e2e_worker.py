@@ -48,10 +48,22 @@ def processes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Proces
         print(started.logs())  # shown by pytest with the failure
 
 
+TRAIN_JSONL = b"".join(
+    [
+        b'{"messages": [{"role": "user", "content": "Hi?"}, ',
+        b'{"role": "assistant", "content": "Hello."}]}\n',
+    ]
+)
+
+
 def submit(client: httpx.Client, **fields: object) -> str:
+    upload = client.post(
+        "/v1/files", files={"file": ("train.jsonl", TRAIN_JSONL)}, data={"purpose": "fine-tune"}
+    )
+    assert upload.status_code == 200, upload.text
     response = client.post(
         "/v1/fine_tuning/jobs",
-        json={"model": "smollm2-135m-instruct", "training_file": "f"} | fields,
+        json={"model": "smollm2-135m-instruct", "training_file": upload.json()["id"]} | fields,
     )
     assert response.status_code == 200, response.text
     job_id: str = response.json()["id"]

@@ -8,6 +8,10 @@ def test_openapi_documents_every_endpoint(client: TestClient) -> None:
     assert set(schema["paths"]) == {
         "/healthz",
         "/readyz",
+        "/v1/audit",
+        "/v1/files",
+        "/v1/files/{file_id}",
+        "/v1/files/{file_id}/content",
         "/v1/fine_tuning/jobs",
         "/v1/fine_tuning/jobs/{fine_tuning_job_id}",
         "/v1/fine_tuning/jobs/{fine_tuning_job_id}/cancel",

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -36,3 +37,39 @@ def list_for_subject(session: Session, subject_type: str, subject_id: str) -> li
         .order_by(AuditRecord.seq)
     )
     return list(session.scalars(statement))
+
+
+def list_for_tenant(
+    session: Session,
+    tenant_id: str,
+    *,
+    subject_type: str | None = None,
+    subject_id: str | None = None,
+    action: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    before_seq: int | None = None,
+    limit: int,
+) -> Sequence[AuditRecord]:
+    """The tenant's records, newest first; ``before_seq`` continues a previous page."""
+    statement = select(AuditRecord).where(AuditRecord.tenant_id == tenant_id)
+    if subject_type is not None:
+        statement = statement.where(AuditRecord.subject_type == subject_type)
+    if subject_id is not None:
+        statement = statement.where(AuditRecord.subject_id == subject_id)
+    if action is not None:
+        statement = statement.where(AuditRecord.action == action)
+    if since is not None:
+        statement = statement.where(AuditRecord.created_at >= since)
+    if until is not None:
+        statement = statement.where(AuditRecord.created_at < until)
+    if before_seq is not None:
+        statement = statement.where(AuditRecord.seq < before_seq)
+    return session.scalars(statement.order_by(AuditRecord.seq.desc()).limit(limit)).all()
+
+
+def get_for_tenant(session: Session, tenant_id: str, record_id: str) -> AuditRecord | None:
+    statement = select(AuditRecord).where(
+        AuditRecord.id == record_id, AuditRecord.tenant_id == tenant_id
+    )
+    return session.scalars(statement).first()

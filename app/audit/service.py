@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.audit import repository
+from app.core.errors import InvalidRequest, NotFound
 from app.core.ids import new_id
 from app.db.base import utcnow
 from app.db.models import AuditRecord
+
+if TYPE_CHECKING:  # app.auth.service imports this module (it audits key creation)
+    from app.auth.service import AuthContext
 
 GENESIS_HASH = "0" * 64
 # Concurrent writers (API and workers) may race for the same seq; the unique constraint makes
@@ -91,3 +97,38 @@ def verify_chain(session: Session) -> int | None:
             return entry.seq
         expected_prev, expected_seq = entry.hash, entry.seq + 1
     return None
+
+
+def list_records(
+    session: Session,
+    *,
+    auth: AuthContext,
+    job: str | None = None,
+    model: str | None = None,
+    action: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    after: str | None = None,
+    limit: int,
+) -> tuple[Sequence[AuditRecord], bool]:
+    """A page of the tenant's audit trail, newest first; ``after`` is the last record seen."""
+    if job is not None and model is not None:
+        raise InvalidRequest("Filter by 'job' or by 'model', not both.", param="model")
+    before_seq = None
+    if after is not None:
+        cursor = repository.get_for_tenant(session, auth.tenant.id, after)
+        if cursor is None:
+            raise NotFound(f"Could not find audit record: {after}.", param="after")
+        before_seq = cursor.seq
+    records = repository.list_for_tenant(
+        session,
+        auth.tenant.id,
+        subject_type="fine_tuning_job" if job is not None else None,
+        subject_id=job if job is not None else model,
+        action=action,
+        since=since,
+        until=until,
+        before_seq=before_seq,
+        limit=limit + 1,
+    )
+    return records[:limit], len(records) > limit

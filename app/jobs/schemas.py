@@ -22,6 +22,18 @@ class Hyperparameters(BaseModel):
     learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=10)] = "auto"
 
 
+class SafetySettings(BaseModel):
+    """Our extension: when a fine-tuned model counts as drifted, and what to do about it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    asr_threshold: float = Field(
+        0.05, ge=0, le=1, description="Drift when ASR(fine-tuned) - ASR(base) exceeds this."
+    )
+    auto_patch: bool = Field(True, description="Patch a drifted model at once.")
+    strategy: Literal["sft", "projection"] = Field("sft", description="How to patch.")
+
+
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -33,6 +45,7 @@ class JobCreate(BaseModel):
     # Part of the fine-tuned model's name (ft:model:suffix:id), hence no colons.
     suffix: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
     metadata: dict[str, str] | None = None
+    safety: SafetySettings = Field(default_factory=SafetySettings)
 
     @field_validator("metadata")
     @classmethod
@@ -51,6 +64,28 @@ class JobError(BaseModel):
     code: str
     message: str
     param: str | None = None
+
+
+PatchStatus = Literal["not_needed", "pending", "running", "patched", "failed"]
+
+
+class SafetyRead(BaseModel):
+    """The job's safety block: settings, metrics per model, the drift decision, the patch."""
+
+    asr_threshold: float
+    auto_patch: bool
+    strategy: str
+    baseline: dict[str, Any] | None = None
+    fine_tuned: dict[str, Any] | None = None
+    patched: dict[str, Any] | None = None
+    drift: dict[str, Any] | None = None
+    patch_status: PatchStatus = "pending"
+
+    @classmethod
+    def of(cls, job: FineTuningJob) -> SafetyRead:
+        # Settings as created, plus whatever the worker has recorded so far (results keys).
+        values = SafetySettings().model_dump() | (job.safety_settings or {})
+        return cls.model_validate({key: values[key] for key in cls.model_fields if key in values})
 
 
 def unix(moment: datetime | None) -> int | None:
@@ -78,6 +113,7 @@ class JobRead(BaseModel):
     suffix: str | None
     metadata: dict[str, str] | None
     cancel_requested: bool
+    safety: SafetyRead
 
     @classmethod
     def of(cls, job: FineTuningJob) -> JobRead:
@@ -101,6 +137,7 @@ class JobRead(BaseModel):
             suffix=job.suffix,
             metadata=job.user_metadata,
             cancel_requested=job.cancel_requested,
+            safety=SafetyRead.of(job),
         )
 
 

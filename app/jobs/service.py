@@ -13,9 +13,10 @@ from sqlalchemy.orm import Session
 from app.audit import service as audit
 from app.auth.service import AuthContext
 from app.core.db import after_commit
-from app.core.errors import NotFound
+from app.core.errors import InvalidRequest, NotFound
 from app.core.queue import TaskQueue
 from app.db.models import FineTuningJob, JobEvent
+from app.files import repository as files_repository
 from app.jobs import repository
 from app.jobs.schemas import JobCreate
 from app.jobs.states import JobStage, JobStatus, transition
@@ -76,17 +77,33 @@ def change_state(
     )
 
 
+def _check_file(session: Session, auth: AuthContext, file_id: str, *, param: str) -> None:
+    """The file exists for this tenant and was uploaded for fine-tuning (else 400, as OpenAI)."""
+    file = files_repository.get_for_tenant(session, auth.tenant.id, file_id)
+    if file is None:
+        raise InvalidRequest(f"Invalid file ID: {file_id}", param=param, code="invalid_file_id")
+    if file.purpose != "fine-tune":
+        raise InvalidRequest(
+            f"File {file_id} has purpose '{file.purpose}', not 'fine-tune'.",
+            param=param,
+            code="invalid_file_purpose",
+        )
+
+
 def create(
     session: Session, *, auth: AuthContext, job_create: JobCreate, queue: TaskQueue
 ) -> FineTuningJob:
     """Create a job and enqueue it once the request's transaction has committed."""
+    _check_file(session, auth, job_create.training_file, param="training_file")
+    if job_create.validation_file is not None:
+        _check_file(session, auth, job_create.validation_file, param="validation_file")
     job = FineTuningJob(
         tenant_id=auth.tenant.id,
         model=job_create.model,
         training_file=job_create.training_file,
         validation_file=job_create.validation_file,
         hyperparameters=job_create.hyperparameters.model_dump(),
-        safety_settings={},
+        safety_settings=job_create.safety.model_dump(),
         seed=job_create.seed if job_create.seed is not None else secrets.randbelow(2**31),
         suffix=job_create.suffix,
         user_metadata=job_create.metadata,
@@ -104,8 +121,7 @@ def create(
         tenant_id=job.tenant_id,
         payload=job_create.model_dump(mode="json"),
     )
-    # The file checks (exists, belongs to the tenant, purpose fine-tune) come with the files API;
-    # until then the ids are stored as given and the job is queued at once.
+    # The files were checked above (they exist, are the tenant's, and were validated at upload).
     change_state(session, job, JobStatus.QUEUED, actor=auth.actor, message="Job queued")
     job_id = job.id
     after_commit(session, lambda: queue.enqueue_job(job_id))

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from app.auth import service
 from app.core.errors import Conflict
 from app.db.base import utcnow
-from tests.factories import Caller
+from tests.factories import Caller, create_file
 
 JOBS = "/v1/fine_tuning/jobs"
 
@@ -71,7 +71,9 @@ def test_a_second_key_of_the_same_tenant_sees_the_same_jobs(
     )
     session.commit()
     created = client.post(
-        JOBS, json={"model": "m", "training_file": "f"}, headers=caller.headers
+        JOBS,
+        json={"model": "m", "training_file": create_file(session, caller).id},
+        headers=caller.headers,
     ).json()
     listed = client.get(JOBS, headers={"Authorization": f"Bearer {second_key}"}).json()
     assert [job["id"] for job in listed["data"]] == [created["id"]]

@@ -15,8 +15,30 @@ from tests.factories import Caller, create_caller, create_job
 JOBS = "/v1/fine_tuning/jobs"
 
 
+TRAIN_JSONL = b"".join(
+    [
+        b'{"messages": [{"role": "user", "content": "Hi?"}, ',
+        b'{"role": "assistant", "content": "Hello."}]}\n',
+    ]
+)
+
+
+def upload_file(client: TestClient, caller: Caller, purpose: str = "fine-tune") -> str:
+    response = client.post(
+        "/v1/files",
+        files={"file": ("train.jsonl", TRAIN_JSONL)},
+        data={"purpose": purpose},
+        headers=caller.headers,
+    )
+    assert response.status_code == 200, response.text
+    file_id: str = response.json()["id"]
+    return file_id
+
+
 def post_job(client: TestClient, caller: Caller, **fields: Any) -> dict[str, Any]:
-    body = {"model": "smollm2-135m-instruct", "training_file": "file-abc"} | fields
+    if "training_file" not in fields:
+        fields["training_file"] = upload_file(client, caller)
+    body = {"model": "smollm2-135m-instruct"} | fields
     response = client.post(JOBS, json=body, headers=caller.headers)
     assert response.status_code == 200, response.text
     result: dict[str, Any] = response.json()
@@ -26,10 +48,12 @@ def post_job(client: TestClient, caller: Caller, **fields: Any) -> dict[str, Any
 def test_create_returns_a_queued_openai_job_and_enqueues_it_after_commit(
     client: TestClient, caller: Caller, task_queue: RecordingQueue, session: Session
 ) -> None:
+    training_file, validation_file = upload_file(client, caller), upload_file(client, caller)
     job = post_job(
         client,
         caller,
-        validation_file="file-val",
+        training_file=training_file,
+        validation_file=validation_file,
         hyperparameters={"n_epochs": 3, "learning_rate_multiplier": 0.5},
         seed=42,
         suffix="sql-bot",
@@ -45,7 +69,7 @@ def test_create_returns_a_queued_openai_job_and_enqueues_it_after_commit(
         "batch_size": "auto",
         "learning_rate_multiplier": 0.5,
     }
-    assert (job["training_file"], job["validation_file"]) == ("file-abc", "file-val")
+    assert (job["training_file"], job["validation_file"]) == (training_file, validation_file)
     assert (job["seed"], job["suffix"], job["metadata"]) == (42, "sql-bot", {"team": "data"})
     assert job["finished_at"] is None and job["fine_tuned_model"] is None
     assert isinstance(job["created_at"], int)
@@ -229,3 +253,84 @@ def test_events_are_listed_newest_first_with_a_cursor(
     rest = client.get(url, params={"after": page["data"][-1]["id"]}, headers=caller.headers).json()
     assert [e["message"] for e in rest["data"]] == [f"Created fine-tuning job: {job.id}"]
     assert rest["has_more"] is False
+
+
+@pytest.mark.parametrize("param", ["training_file", "validation_file"])
+def test_a_file_that_does_not_exist_is_a_400_naming_it(
+    client: TestClient, caller: Caller, task_queue: RecordingQueue, param: str
+) -> None:
+    body = {"model": "m", "training_file": upload_file(client, caller), param: "file-missing"}
+    response = client.post(JOBS, json=body, headers=caller.headers)
+
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "message": "Invalid file ID: file-missing",
+        "type": "invalid_request_error",
+        "param": param,
+        "code": "invalid_file_id",
+    }
+    assert task_queue.job_ids == []
+
+
+def test_another_tenants_file_cannot_be_used(
+    client: TestClient, caller: Caller, session: Session
+) -> None:
+    other = create_caller(session)
+    foreign = upload_file(client, other)
+    response = client.post(
+        JOBS, json={"model": "m", "training_file": foreign}, headers=caller.headers
+    )
+
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "training_file"
+    assert session.scalars(select(FineTuningJob)).all() == []
+
+
+def test_safety_extension_is_stored_and_shown(
+    client: TestClient, caller: Caller, session: Session
+) -> None:
+    job = post_job(
+        client,
+        caller,
+        safety={"asr_threshold": 0.1, "auto_patch": False, "strategy": "projection"},
+    )
+
+    assert job["safety"] == {
+        "asr_threshold": 0.1,
+        "auto_patch": False,
+        "strategy": "projection",
+        "baseline": None,
+        "fine_tuned": None,
+        "patched": None,
+        "drift": None,
+        "patch_status": "pending",
+    }
+    stored = session.get(FineTuningJob, job["id"])
+    assert stored is not None
+    assert stored.safety_settings["asr_threshold"] == 0.1
+
+
+def test_safety_defaults(client: TestClient, caller: Caller) -> None:
+    safety = post_job(client, caller)["safety"]
+    assert (safety["asr_threshold"], safety["auto_patch"], safety["strategy"]) == (
+        0.05,
+        True,
+        "sft",
+    )
+
+
+@pytest.mark.parametrize(
+    ("safety", "param"),
+    [
+        ({"asr_threshold": 2}, "safety.asr_threshold"),
+        ({"strategy": "magic"}, "safety.strategy"),
+        ({"bogus": 1}, "safety.bogus"),
+    ],
+)
+def test_bad_safety_settings_are_400s(
+    client: TestClient, caller: Caller, safety: dict[str, Any], param: str
+) -> None:
+    body = {"model": "m", "training_file": upload_file(client, caller), "safety": safety}
+    response = client.post(JOBS, json=body, headers=caller.headers)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == param

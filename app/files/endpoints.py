@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Query, UploadFile
+from fastapi import File as FormFile
+from fastapi.responses import Response
+
+from app.auth.dependencies import AuthDep
+from app.core.dependencies import SessionDep, SettingsDep
+from app.files import service
+from app.files.schemas import FileDeleted, FileList, FileRead
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+
+Limit = Annotated[int, Query(ge=1, le=10_000)]
+
+
+@router.post("", response_model=FileRead)
+def upload_file(
+    file: Annotated[UploadFile, FormFile(description="Chat JSONL, one example per line.")],
+    purpose: Annotated[str, Form(description="Only 'fine-tune'.")],
+    auth: AuthDep,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> FileRead:
+    """Upload a fine-tuning dataset; it is validated line by line before it is stored."""
+    data = file.file.read()
+    stored = service.create(
+        session,
+        auth=auth,
+        settings=settings,
+        filename=file.filename or "upload.jsonl",
+        purpose=purpose,
+        data=data,
+    )
+    return FileRead.of(stored)
+
+
+@router.get("", response_model=FileList)
+def list_files(
+    auth: AuthDep,
+    session: SessionDep,
+    purpose: str | None = None,
+    after: str | None = None,
+    limit: Limit = 10_000,
+) -> FileList:
+    """The caller's files, newest first."""
+    files, has_more = service.list_files(
+        session, auth=auth, purpose=purpose, after=after, limit=limit
+    )
+    return FileList(data=[FileRead.of(file) for file in files], has_more=has_more)
+
+
+@router.get("/{file_id}", response_model=FileRead)
+def get_file(file_id: str, auth: AuthDep, session: SessionDep) -> FileRead:
+    return FileRead.of(service.get(session, auth=auth, file_id=file_id))
+
+
+@router.get("/{file_id}/content", response_class=Response)
+def get_file_content(file_id: str, auth: AuthDep, session: SessionDep) -> Response:
+    """The file's bytes as uploaded."""
+    file, data = service.read_content(session, auth=auth, file_id=file_id)
+    return Response(
+        data,
+        media_type="application/jsonl",
+        headers={"ETag": f'"{file.sha256}"'},
+    )
+
+
+@router.delete("/{file_id}", response_model=FileDeleted)
+def delete_file(file_id: str, auth: AuthDep, session: SessionDep) -> FileDeleted:
+    file = service.delete(session, auth=auth, file_id=file_id)
+    return FileDeleted(id=file.id)

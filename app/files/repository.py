@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import Session
+
+from app.db.models import File
+
+
+def get_for_tenant(session: Session, tenant_id: str, file_id: str) -> File | None:
+    statement = select(File).where(File.id == file_id, File.tenant_id == tenant_id)
+    return session.scalars(statement).first()
+
+
+def list_for_tenant(
+    session: Session, tenant_id: str, *, purpose: str | None, after: File | None, limit: int
+) -> Sequence[File]:
+    """Newest first; ``after`` is the last file of the previous page (keyset pagination)."""
+    statement = select(File).where(File.tenant_id == tenant_id)
+    if purpose is not None:
+        statement = statement.where(File.purpose == purpose)
+    if after is not None:
+        statement = statement.where(
+            or_(
+                File.created_at < after.created_at,
+                and_(File.created_at == after.created_at, File.id < after.id),
+            )
+        )
+    statement = statement.order_by(File.created_at.desc(), File.id.desc())
+    return session.scalars(statement.limit(limit)).all()
+
+
+def count_by_sha256(session: Session, sha256: str) -> int:
+    """How many file rows (any tenant) share this stored content."""
+    return session.scalar(select(func.count()).where(File.sha256 == sha256)) or 0

@@ -1,0 +1,156 @@
+"""Rules of the files resource: validate chat JSONL at upload, store it once by its sha256."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.auth.service import AuthContext
+from app.core.db import after_commit
+from app.core.errors import InvalidRequest, NotFound
+from app.core.settings import Settings
+from app.db.models import File, FileStatus
+from app.files import repository
+from workers.datasets import DatasetError, validate_chat_bytes
+
+PURPOSES = ("fine-tune",)
+# An upload is read into memory to hash and validate it; OpenAI's limit for fine-tune files is
+# far larger, but a CPU/one-GPU service has no use for more than this.
+MAX_FILE_BYTES = 512 * 1024 * 1024
+
+
+def blob_path(settings: Settings, sha256: str) -> Path:
+    """Where content with this hash lives: ``files/ab/abcdef…`` (two-level fan-out)."""
+    return settings.files_dir / sha256[:2] / sha256
+
+
+def _store(path: Path, data: bytes) -> None:
+    """Write atomically (temp file + rename); identical content is already there, so skip."""
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _validation_message(filename: str, error: DatasetError) -> str:
+    where = f"line {error.line}" if error.line is not None else "the file"
+    return f"Invalid file '{filename}': {where}: {error.reason}"
+
+
+def create(
+    session: Session,
+    *,
+    auth: AuthContext,
+    settings: Settings,
+    filename: str,
+    purpose: str,
+    data: bytes,
+) -> File:
+    """Validate an upload and store it; nothing is written when validation fails."""
+    if purpose not in PURPOSES:
+        raise InvalidRequest(
+            f"Invalid value for 'purpose': {purpose!r}; supported: {', '.join(PURPOSES)}.",
+            param="purpose",
+            code="invalid_value",
+        )
+    if len(data) > MAX_FILE_BYTES:
+        raise InvalidRequest(
+            f"File is too large: {len(data)} bytes (at most {MAX_FILE_BYTES}).", param="file"
+        )
+    try:
+        conversations = validate_chat_bytes(data, filename)
+    except DatasetError as error:
+        raise InvalidRequest(
+            _validation_message(filename, error),
+            param=error.field or "file",
+            code="invalid_file",
+        ) from error
+    sha256 = hashlib.sha256(data).hexdigest()
+    path = blob_path(settings, sha256)
+    _store(path, data)
+    file = File(
+        tenant_id=auth.tenant.id,
+        filename=filename,
+        purpose=purpose,
+        bytes=len(data),
+        sha256=sha256,
+        storage_path=str(path),
+        status=FileStatus.PROCESSED,
+    )
+    session.add(file)
+    session.flush()
+    audit.record(
+        session,
+        action="file.created",
+        subject_type="file",
+        subject_id=file.id,
+        actor=auth.actor,
+        tenant_id=file.tenant_id,
+        payload={
+            "filename": filename,
+            "purpose": purpose,
+            "bytes": len(data),
+            "sha256": sha256,
+            "examples": len(conversations),
+        },
+    )
+    return file
+
+
+def get(session: Session, *, auth: AuthContext, file_id: str) -> File:
+    file = repository.get_for_tenant(session, auth.tenant.id, file_id)
+    if file is None:
+        raise NotFound(f"No such File object: {file_id}", param="id")
+    return file
+
+
+def list_files(
+    session: Session, *, auth: AuthContext, purpose: str | None, after: str | None, limit: int
+) -> tuple[Sequence[File], bool]:
+    """A page of the tenant's files, newest first, and whether more follow."""
+    cursor = get(session, auth=auth, file_id=after) if after is not None else None
+    files = repository.list_for_tenant(
+        session, auth.tenant.id, purpose=purpose, after=cursor, limit=limit + 1
+    )
+    return files[:limit], len(files) > limit
+
+
+def read_content(session: Session, *, auth: AuthContext, file_id: str) -> tuple[File, bytes]:
+    file = get(session, auth=auth, file_id=file_id)
+    try:
+        return file, Path(file.storage_path).read_bytes()
+    except FileNotFoundError as error:
+        raise NotFound(f"The content of file {file_id} is missing.", param="id") from error
+
+
+def delete(session: Session, *, auth: AuthContext, file_id: str) -> File:
+    """Remove the file row; its content goes after commit unless another row shares it."""
+    file = get(session, auth=auth, file_id=file_id)
+    session.delete(file)
+    session.flush()
+    audit.record(
+        session,
+        action="file.deleted",
+        subject_type="file",
+        subject_id=file.id,
+        actor=auth.actor,
+        tenant_id=file.tenant_id,
+        payload={"filename": file.filename, "sha256": file.sha256},
+    )
+    if repository.count_by_sha256(session, file.sha256) == 0:
+        path = Path(file.storage_path)
+        after_commit(session, lambda: path.unlink(missing_ok=True))
+    return file

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.db.base import utcnow
+from tests.factories import Caller, create_caller, create_job
+
+AUDIT = "/v1/audit"
+
+
+def actions(body: dict[str, object]) -> list[str]:
+    data = body["data"]
+    assert isinstance(data, list)
+    return [item["action"] for item in data]
+
+
+def test_lists_the_tenants_records_newest_first(
+    client: TestClient, caller: Caller, session: Session
+) -> None:
+    job = create_job(session, caller)
+    body = client.get(AUDIT, params={"job": job.id}, headers=caller.headers).json()
+
+    assert body["object"] == "list" and body["has_more"] is False
+    assert actions(body) == ["job.state_changed", "job.created"]
+    record = body["data"][1]
+    assert record["object"] == "audit.record"
+    assert record["subject"] == {"type": "fine_tuning_job", "id": job.id}
+    assert record["actor"] == caller.auth.actor
+    assert record["payload"]["model"] == "smollm2-135m-instruct"
+    assert isinstance(record["created_at"], int) and len(record["hash"]) == 64
+
+
+def test_filters_by_action_model_and_time(
+    client: TestClient, caller: Caller, session: Session
+) -> None:
+    create_job(session, caller)
+    audit.record(
+        session,
+        action="model.downloaded",
+        subject_type="model_version",
+        subject_id="ft:m:abc",
+        actor=caller.auth.actor,
+        tenant_id=caller.auth.tenant.id,
+        payload={},
+    )
+    session.commit()
+    headers = caller.headers
+
+    created = client.get(AUDIT, params={"action": "job.created"}, headers=headers).json()
+    assert actions(created) == ["job.created"]
+    by_model = client.get(AUDIT, params={"model": "ft:m:abc"}, headers=headers).json()
+    assert actions(by_model) == ["model.downloaded"]
+    now = int(utcnow().timestamp())
+    future = client.get(AUDIT, params={"since": now + 3600}, headers=headers).json()
+    assert future["data"] == []
+    past = client.get(AUDIT, params={"until": now - 3600}, headers=headers).json()
+    assert past["data"] == []
+    window = {"since": now - 3600, "until": now + 3600, "action": "model.downloaded"}
+    assert actions(client.get(AUDIT, params=window, headers=headers).json()) == ["model.downloaded"]
+
+
+def test_cursor_pagination_walks_every_record_once(
+    client: TestClient, caller: Caller, session: Session
+) -> None:
+    for _ in range(3):
+        create_job(session, caller)
+    everything = client.get(AUDIT, headers=caller.headers).json()["data"]
+    seen: list[str] = []
+    params: dict[str, object] = {"limit": 2}
+    while True:
+        page = client.get(AUDIT, params=params, headers=caller.headers).json()
+        seen += [item["id"] for item in page["data"]]
+        if not page["has_more"]:
+            break
+        params["after"] = page["data"][-1]["id"]
+    assert seen == [item["id"] for item in everything]
+    assert len(seen) == len(set(seen)) >= 6
+
+
+def test_another_tenant_sees_none_of_the_records(
+    client: TestClient, caller: Caller, session: Session
+) -> None:
+    job = create_job(session, caller)
+    other = create_caller(session)
+    body = client.get(AUDIT, params={"job": job.id}, headers=other.headers).json()
+    assert body["data"] == []
+    mine = client.get(AUDIT, params={"job": job.id}, headers=caller.headers).json()
+    cursor = mine["data"][0]["id"]
+    response = client.get(AUDIT, params={"after": cursor}, headers=other.headers)
+    assert response.status_code == 404
+
+
+def test_bad_filters_are_400s(client: TestClient, caller: Caller) -> None:
+    both = client.get(AUDIT, params={"job": "a", "model": "b"}, headers=caller.headers)
+    assert both.status_code == 400
+    negative = client.get(AUDIT, params={"since": -1}, headers=caller.headers)
+    assert negative.status_code == 400 and negative.json()["error"]["param"] == "since"

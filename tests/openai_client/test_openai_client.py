@@ -1,0 +1,117 @@
+"""The official ``openai`` client against the app in process (httpx transport of TestClient)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import openai
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from tests.conftest import RecordingQueue
+from tests.factories import Caller, create_caller
+
+TRAIN = b"".join(
+    json.dumps(
+        {
+            "messages": [
+                {"role": "user", "content": f"Question {i}?"},
+                {"role": "assistant", "content": f"Answer {i}."},
+            ]
+        }
+    ).encode()
+    + b"\n"
+    for i in range(3)
+)
+
+MakeClient = Callable[[Caller], openai.OpenAI]
+
+
+@pytest.fixture
+def make_client(client: TestClient) -> MakeClient:
+    def make(caller: Caller) -> openai.OpenAI:
+        return openai.OpenAI(
+            api_key=caller.key, base_url="http://testserver/v1", http_client=client, max_retries=0
+        )
+
+    return make
+
+
+def test_upload_create_retrieve_list_events_and_cancel(
+    make_client: MakeClient, caller: Caller, task_queue: RecordingQueue
+) -> None:
+    sdk = make_client(caller)
+    uploaded = sdk.files.create(file=("train.jsonl", TRAIN), purpose="fine-tune")
+    assert uploaded.id.startswith("file-") and uploaded.bytes == len(TRAIN)
+    assert sdk.files.retrieve(uploaded.id).filename == "train.jsonl"
+    assert sdk.files.content(uploaded.id).content == TRAIN
+    assert [f.id for f in sdk.files.list()] == [uploaded.id]
+
+    job = sdk.fine_tuning.jobs.create(
+        model="smollm2-135m-instruct",
+        training_file=uploaded.id,
+        hyperparameters={"n_epochs": 2},
+        suffix="sdk",
+        seed=7,
+        extra_body={"safety": {"asr_threshold": 0.1, "auto_patch": True, "strategy": "sft"}},
+    )
+    assert job.id.startswith("ftjob-") and job.status == "queued"
+    assert job.hyperparameters.n_epochs == 2 and job.seed == 7
+    assert task_queue.job_ids == [job.id]
+    extra = job.model_extra or {}
+    assert extra["safety"]["asr_threshold"] == 0.1
+
+    assert sdk.fine_tuning.jobs.retrieve(job.id).id == job.id
+    assert [j.id for j in sdk.fine_tuning.jobs.list()] == [job.id]
+    events = list(sdk.fine_tuning.jobs.list_events(job.id))
+    assert [e.message for e in events][-1].startswith("Created fine-tuning job")
+
+    cancelled = sdk.fine_tuning.jobs.cancel(job.id)
+    assert cancelled.status == "cancelled"
+
+    assert sdk.files.delete(uploaded.id).deleted is True
+
+
+def test_typed_errors(make_client: MakeClient, caller: Caller) -> None:
+    sdk = make_client(caller)
+    with pytest.raises(openai.NotFoundError):
+        sdk.fine_tuning.jobs.retrieve("ftjob-missing")
+    with pytest.raises(openai.BadRequestError) as bad_file:
+        sdk.files.create(file=("bad.jsonl", TRAIN + b"not json\n"), purpose="fine-tune")
+    assert "line 4" in bad_file.value.message
+    with pytest.raises(openai.BadRequestError) as bad_job:
+        sdk.fine_tuning.jobs.create(model="m", training_file="file-missing")
+    assert bad_job.value.param == "training_file"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(
+            api_key="sp-wrong",
+            base_url="http://testserver/v1",
+            http_client=sdk._client,
+            max_retries=0,
+        ).files.list()
+
+
+def test_another_tenant_sees_none_of_the_objects(
+    make_client: MakeClient, caller: Caller, session: Session
+) -> None:
+    mine = make_client(caller)
+    uploaded = mine.files.create(file=("train.jsonl", TRAIN), purpose="fine-tune")
+    job = mine.fine_tuning.jobs.create(model="smollm2-135m-instruct", training_file=uploaded.id)
+
+    theirs = make_client(create_caller(session))
+    assert list(theirs.files.list()) == []
+    assert list(theirs.fine_tuning.jobs.list()) == []
+    for call in (
+        lambda: theirs.files.retrieve(uploaded.id),
+        lambda: theirs.files.content(uploaded.id),
+        lambda: theirs.files.delete(uploaded.id),
+        lambda: theirs.fine_tuning.jobs.retrieve(job.id),
+        lambda: theirs.fine_tuning.jobs.cancel(job.id),
+        lambda: list(theirs.fine_tuning.jobs.list_events(job.id)),
+    ):
+        with pytest.raises(openai.NotFoundError):
+            call()
+    with pytest.raises(openai.BadRequestError):
+        theirs.fine_tuning.jobs.create(model="smollm2-135m-instruct", training_file=uploaded.id)
