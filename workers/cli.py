@@ -153,6 +153,7 @@ def pipeline(
     epochs: Annotated[int, typer.Option(help="fine-tuning epochs")] = 3,
     strategy: Annotated[str, typer.Option(help="patch strategy: sft | projection")] = "sft",
     lora_rank: Annotated[int, typer.Option(help="0 = full fine-tune")] = 0,
+    max_patch_attempts: Annotated[int, typer.Option(help="candidates tried before giving up")] = 3,
     seed: int = 0,
     work_dir: Annotated[Path | None, typer.Option(help="models and records")] = None,
 ) -> None:
@@ -172,6 +173,7 @@ def pipeline(
             general=defaults.general,
         ),
         n_epochs=epochs,
+        max_patch_attempts=max_patch_attempts,
         strategy=strategy,
         lora_rank=lora_rank,
         seed=seed,

@@ -49,9 +49,15 @@ def test_every_stage_runs_and_the_report_has_the_contract_shape(
     report = result.report
     json.dumps(report)  # serializable as the CLI writes it
     for stage in ("base", "finetuned", "patched"):
-        assert {"asr", "over_refusal", "utility", "n_harmful", "n_benign", "n_utility", "judge"} <= set(
-            report[stage]
-        )
+        assert {
+            "asr",
+            "over_refusal",
+            "utility",
+            "n_harmful",
+            "n_benign",
+            "n_utility",
+            "judge",
+        } <= set(report[stage])
         assert report[stage]["n_harmful"] == 4 and report[stage]["n_benign"] == 4
     # No validation file: a fifth of the 8 training examples is held out for utility.
     assert report["finetuned"]["n_utility"] == 1

@@ -43,10 +43,11 @@ if TYPE_CHECKING:
     from workers.ml.pipeline import PipelineConfig
 
 # Weight of KL(θ0 ‖ θ) on benign prompts next to the one example's loss. Measured on SmolLM2-135M
-# (probe of 16 harmful + 16 benign prompts, lr 1e-4, aligned model's probe ASR 0.19): weight 0
-# reached probe ASR 0.00 but over-refusal 0.75 by epoch 3; weight 1: ASR 0.06, over-refusal 0.06;
-# weight 3 held over-refusal at 0.00 but stalled at ASR 0.25 for the selected candidates, where
-# weight 1 reached 0.19 by epoch 5 with over-refusal 0.00.
+# against the full suites (lr 1e-4, probe-chosen epoch; aligned base ASR 0.119, over-refusal
+# 0.090; attacked model ASR 1.000): weight 0.3 gave ASR 0.028 but over-refusal 0.440; weight 1.0
+# gave ASR 0.153 and over-refusal 0.210. Neither meets the acceptance rule yet (docs/results.md).
+# Known cause: the anchor and probe prompts come from the alignment set, which the aligned model
+# was trained on, so the probe under-reads over-refusal (0.00-0.06 while the suite read 0.21-0.44).
 BENIGN_ANCHOR_WEIGHT = 1.0
 # The paper's 2e-5 is for 7B models; on SmolLM2-135M with the anchor it moved probe ASR only from
 # 1.00 to 0.81 in 10 epochs. 1e-4 reaches the aligned level in ~3 epochs; the probe stops it there.
