@@ -39,7 +39,7 @@ def ensure_aligned_model(models_dir: Path) -> float | None:
     return time.perf_counter() - started
 
 
-def run(strategy: str, out_dir: Path) -> dict:
+def run(strategy: str, out_dir: Path, max_patch_attempts: int) -> dict:
     report = out_dir / f"pipeline-{strategy}.json"
     command = [
         str(ROOT / ".venv" / "bin" / "safepatch"),
