@@ -1,6 +1,6 @@
 """Measure the safety pipeline on the demo customer dataset and write docs/results.md.
 
-    .venv/bin/python bench/pipeline.py            # both strategies, SmolLM2-135M, this machine
+    .venv/bin/python bench/pipeline.py            # both strategies → docs/pipeline-bench.md
     .venv/bin/python bench/pipeline.py --strategy sft
 
 Pulls and aligns the base model first when the data directory lacks it (timed separately), then
@@ -52,6 +52,8 @@ def run(strategy: str, out_dir: Path, max_patch_attempts: int) -> dict:
         str(data.DEMO_VALIDATION.relative_to(ROOT)),
         "--strategy",
         strategy,
+        "--max-patch-attempts",
+        str(max_patch_attempts),
         "--report",
         str(report),
     ]
@@ -105,7 +107,8 @@ def table(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--strategy", action="append", choices=["sft", "projection"])
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "pipeline-bench.md")
+    parser.add_argument("--max-patch-attempts", type=int, default=1)
     args = parser.parse_args()
     strategies = args.strategy or ["sft", "projection"]
 
@@ -116,7 +119,7 @@ def main() -> None:
 
     sections = []
     for strategy in strategies:
-        result = run(strategy, work)
+        result = run(strategy, work, args.max_patch_attempts)
         section = f"## Strategy `{strategy}`\n\n```\n{result['command']}\n```\n\n{table(result)}\n"
         print(section, flush=True)
         sections.append(section)
