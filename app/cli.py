@@ -64,12 +64,15 @@ def worker(
 
 @cli.command()
 def demo(
-    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 120.0,
+    model: Annotated[
+        str, typer.Option(help="Base model; the default is built on first use.")
+    ] = "smollm2-135m-safe",
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 3600.0,
 ) -> None:
-    """Start the embedded service, submit a job over HTTP and follow it to the end."""
+    """The main job end to end on the embedded service: fine-tune, drift, patch, download."""
     from app.demo import run_demo
 
-    raise typer.Exit(run_demo(timeout_s=timeout))
+    raise typer.Exit(run_demo(model=model, timeout_s=timeout))
 
 
 @db_cli.command("upgrade")

@@ -15,6 +15,7 @@ from app.core.settings import Settings, get_settings
 from app.files.endpoints import router as files_router
 from app.health.endpoints import router as health_router
 from app.jobs.endpoints import router as jobs_router
+from app.models.endpoints import router as models_router
 
 
 def create_app(
@@ -57,5 +58,6 @@ def create_app(
     app.include_router(health_router)
     app.include_router(files_router)
     app.include_router(jobs_router)
+    app.include_router(models_router)
     app.include_router(audit_router)
     return app

@@ -86,7 +86,6 @@ def settings(tmp_path: Path) -> Settings:
         data_dir=tmp_path / "data",
         database_url=None,
         broker_url=None,
-        placeholder_stage_s=0,
     )
 
 
@@ -111,6 +110,14 @@ def client(app: FastAPI) -> Iterator[TestClient]:
 @pytest.fixture
 def caller(session: Session) -> Caller:
     return create_caller(session)
+
+
+@pytest.fixture(scope="session")
+def tiny_safe_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny base model that refuses everything (tests/tiny_models.py), built once (~25 s)."""
+    from tests.tiny_models import TINY_SAFE, build_tiny_safe_model
+
+    return build_tiny_safe_model(tmp_path_factory.mktemp("models") / TINY_SAFE).path
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -11,9 +11,12 @@ from sqlalchemy.orm import Session
 from app.auth import service as auth_service
 from app.auth.service import AuthContext
 from app.core.ids import random_token
-from app.db.models import File, FileStatus, FineTuningJob
+from app.db.models import BaseModelRecord, File, FileStatus, FineTuningJob
 from app.jobs import service as job_service
 from app.jobs.schemas import JobCreate
+from app.models import repository as models_repository
+
+BASE_MODEL = "smollm2-135m-instruct"
 
 
 @dataclass
@@ -31,8 +34,22 @@ class NullQueue:
         pass
 
 
+def create_base_model(session: Session, name: str = BASE_MODEL) -> BaseModelRecord:
+    """A base model row jobs may name (its weights are not on disk: for API-only tests)."""
+    record = models_repository.get_base(session, name)
+    if record is None:
+        record = BaseModelRecord(
+            name=name, storage_uri=f"/nonexistent/{name}", sha256="0" * 64, size_bytes=0
+        )
+        session.add(record)
+        session.commit()
+    return record
+
+
 def create_caller(session: Session, name: str | None = None) -> Caller:
-    """A tenant with an API key, committed in the test's transaction."""
+    """A tenant with an API key, committed in the test's transaction (and the base model its
+    jobs name by default)."""
+    create_base_model(session)
     tenant, api_key, key = auth_service.create_tenant(
         session, name=name or f"tenant-{random_token(8)}", actor="test"
     )
@@ -60,7 +77,7 @@ def create_job(session: Session, caller: Caller, **fields: Any) -> FineTuningJob
     """A queued job of ``caller`` (not enqueued anywhere), with a training file made for it."""
     if "training_file" not in fields:
         fields["training_file"] = create_file(session, caller).id
-    request = JobCreate.model_validate({"model": "smollm2-135m-instruct"} | fields)
+    request = JobCreate.model_validate({"model": BASE_MODEL} | fields)
     job = job_service.create(session, auth=caller.auth, job_create=request, queue=NullQueue())
     session.commit()
     return job

@@ -16,6 +16,11 @@ def test_openapi_documents_every_endpoint(client: TestClient) -> None:
         "/v1/fine_tuning/jobs/{fine_tuning_job_id}",
         "/v1/fine_tuning/jobs/{fine_tuning_job_id}/cancel",
         "/v1/fine_tuning/jobs/{fine_tuning_job_id}/events",
+        "/v1/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints",
+        "/v1/models",
+        "/v1/models/{model}",
+        "/v1/models/{model}/files",
+        "/v1/models/{model}/files/{filename}",
     }
     assert "JobCreate" in schema["components"]["schemas"]
     assert client.get("/docs").status_code == 200

@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 if TYPE_CHECKING:
+    from workers.manifest import SavedModel
     from workers.ml.events import PipelineEvent
 
 models_app = typer.Typer(help="Base models: pull the bundled one, register local ones, align.")
@@ -25,6 +26,31 @@ def _models_dir() -> Path:
     settings = get_settings()
     settings.models_dir.mkdir(parents=True, exist_ok=True)
     return settings.models_dir
+
+
+def _offer(name: str, saved: SavedModel, baseline: dict[str, Any] | None = None) -> None:
+    """Record the model in the database, so jobs may name it (``POST /v1/fine_tuning/jobs``)."""
+    from app.core.db import session_scope
+    from app.core.settings import get_settings
+    from app.db import migrate
+    from app.models.service import register_base_model
+    from workers import data
+
+    settings = get_settings()
+    if settings.embedded:  # production databases are migrated by `safepatch db upgrade`
+        settings.ensure_dirs()
+        migrate.upgrade(settings.effective_database_url)
+    with session_scope() as session:
+        register_base_model(
+            session,
+            name=name,
+            storage_uri=str(saved.path),
+            sha256=saved.sha256,
+            size_bytes=saved.size_bytes,
+            baseline_metrics=baseline,
+            suite_version=data.SUITE_VERSION if baseline else None,
+            actor="cli:models",
+        )
 
 
 def _fail(message: str) -> typer.Exit:
@@ -42,6 +68,7 @@ def pull(name: str) -> None:
         saved = pull_model(name, _models_dir())
     except BaseModelError as error:
         raise _fail(str(error)) from error
+    _offer(name, saved)
     typer.echo(f"{name}\t{saved.path}\tsha256={saved.sha256}\t{saved.size_bytes} bytes")
 
 
@@ -55,6 +82,7 @@ def register(name: str, path: Path) -> None:
         saved = register_model(name, path, _models_dir())
     except BaseModelError as error:
         raise _fail(str(error)) from error
+    _offer(name, saved)
     typer.echo(f"{name}\t{saved.path}\tsha256={saved.sha256}\t{saved.size_bytes} bytes")
 
 
@@ -130,6 +158,7 @@ def align(
         },
     )
     store_baseline(target_path, suites, judge.name, metrics)
+    _offer(target, saved, metrics.summary())
     typer.echo(
         json.dumps(
             {

@@ -2,8 +2,9 @@
 
 Every method is one short transaction that re-reads and locks the job row, so the API (cancel)
 and the worker never overwrite each other, and no transaction stays open while a stage works.
-The real pipeline (next issue) gets a ``JobRun`` and calls ``enter_stage``, ``event``,
-``heartbeat`` and finally returns (success is recorded by ``execute_job``) or raises.
+The pipeline (``workers.job_pipeline``) gets a ``JobRun`` and calls ``enter_stage``, ``event``,
+``heartbeat``, and finally records the outcome itself or returns (``execute_job`` then records
+success) or raises (``JobFailure`` for a reason the customer reads, anything else as internal).
 """
 
 from __future__ import annotations
@@ -38,6 +39,15 @@ class JobCancelled(JobStopped):
 
 class LeaseLost(JobStopped):
     """Another worker took the job over (our lease expired) or it finished elsewhere."""
+
+
+class JobFailure(Exception):
+    """The job cannot succeed, for a reason the customer should read (``job.error``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 @dataclass
@@ -244,6 +254,9 @@ def execute_job(
             )
     except JobStopped as stopped:
         log.info("job %s stopped: %s", job_id, type(stopped).__name__)
+    except JobFailure as failure:
+        log.warning("job %s failed: %s", job_id, failure.message)
+        run.fail(code=failure.code, message=failure.message)
     except Exception as exc:
         log.exception("job %s failed", job_id)
         run.fail(code="internal_error", message=f"{type(exc).__name__}: {exc}")

@@ -38,9 +38,6 @@ class Settings(BaseSettings):
     job_lease_s: int = Field(
         900, description="A running job whose worker stopped renewing this long is taken over."
     )
-    placeholder_stage_s: float = Field(
-        1.0, description="Seconds each placeholder pipeline stage sleeps (tests use ~0.05)."
-    )
 
     @field_validator("database_url", "broker_url", "result_backend", mode="before")
     @classmethod

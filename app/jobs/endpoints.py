@@ -7,7 +7,15 @@ from fastapi import APIRouter, Query
 from app.auth.dependencies import AuthDep
 from app.core.dependencies import SessionDep, TaskQueueDep
 from app.jobs import service
-from app.jobs.schemas import JobCreate, JobEventList, JobEventRead, JobList, JobRead
+from app.jobs.schemas import (
+    CheckpointList,
+    CheckpointRead,
+    JobCreate,
+    JobEventList,
+    JobEventRead,
+    JobList,
+    JobRead,
+)
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning jobs"])
 
@@ -56,3 +64,25 @@ def list_job_events(
         session, auth=auth, job_id=fine_tuning_job_id, after=after, limit=limit
     )
     return JobEventList(data=[JobEventRead.of(event) for event in events], has_more=has_more)
+
+
+@router.get("/{fine_tuning_job_id}/checkpoints", response_model=CheckpointList)
+def list_job_checkpoints(
+    fine_tuning_job_id: str,
+    auth: AuthDep,
+    session: SessionDep,
+    after: str | None = None,
+    limit: Limit = 10,
+) -> CheckpointList:
+    """The job's end-of-epoch checkpoints, latest first, each with the ASR probe taken then.
+    Checkpoints are never safety-verified, so they are listed but not downloadable."""
+    checkpoints, has_more = service.list_checkpoints(
+        session, auth=auth, job_id=fine_tuning_job_id, after=after, limit=limit
+    )
+    data = [CheckpointRead.of(checkpoint) for checkpoint in checkpoints]
+    return CheckpointList(
+        data=data,
+        has_more=has_more,
+        first_id=data[0].id if data else None,
+        last_id=data[-1].id if data else None,
+    )

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.db.models import FineTuningJob, JobEvent
+from app.db.models import FineTuningJob, JobEvent, ModelVersion
 
 Auto = Literal["auto"]
 
@@ -66,7 +66,8 @@ class JobError(BaseModel):
     param: str | None = None
 
 
-PatchStatus = Literal["not_needed", "pending", "running", "patched", "failed"]
+# `skipped`: drifted, but the job asked for no automatic patch (the model is quarantined).
+PatchStatus = Literal["not_needed", "pending", "running", "patched", "failed", "skipped"]
 
 
 class SafetyRead(BaseModel):
@@ -174,3 +175,40 @@ class JobEventList(BaseModel):
     object: Literal["list"] = "list"
     data: list[JobEventRead]
     has_more: bool
+
+
+class CheckpointRead(BaseModel):
+    """A ``fine_tuning.job.checkpoint``: the model at the end of one epoch."""
+
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    step_number: int
+    metrics: dict[str, Any]
+    status: str
+    status_reason: str | None
+
+    @classmethod
+    def of(cls, version: ModelVersion) -> CheckpointRead:
+        created_at = unix(version.created_at)
+        assert created_at is not None and version.job_id is not None
+        return cls(
+            id=version.id,
+            created_at=created_at,
+            fine_tuned_model_checkpoint=version.name,
+            fine_tuning_job_id=version.job_id,
+            step_number=version.step or 0,
+            metrics=version.metrics or {},
+            status=version.status,
+            status_reason=version.status_reason,
+        )
+
+
+class CheckpointList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[CheckpointRead]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None

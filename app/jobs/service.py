@@ -15,11 +15,12 @@ from app.auth.service import AuthContext
 from app.core.db import after_commit
 from app.core.errors import InvalidRequest, NotFound
 from app.core.queue import TaskQueue
-from app.db.models import FineTuningJob, JobEvent
+from app.db.models import FineTuningJob, JobEvent, ModelKind, ModelVersion
 from app.files import repository as files_repository
 from app.jobs import repository
 from app.jobs.schemas import JobCreate
 from app.jobs.states import JobStage, JobStatus, transition
+from app.models import repository as models_repository
 
 
 def add_event(
@@ -90,10 +91,23 @@ def _check_file(session: Session, auth: AuthContext, file_id: str, *, param: str
         )
 
 
+def _check_model(session: Session, model: str) -> None:
+    """Only registered base models can be fine-tuned (400 naming the ones that can)."""
+    if models_repository.get_base(session, model) is None:
+        names = [base.name for base in models_repository.list_base(session)]
+        available = ", ".join(names) if names else "none are registered yet"
+        raise InvalidRequest(
+            f"Model '{model}' is not available for fine-tuning (available: {available}).",
+            param="model",
+            code="model_not_available",
+        )
+
+
 def create(
     session: Session, *, auth: AuthContext, job_create: JobCreate, queue: TaskQueue
 ) -> FineTuningJob:
     """Create a job and enqueue it once the request's transaction has committed."""
+    _check_model(session, job_create.model)
     _check_file(session, auth, job_create.training_file, param="training_file")
     if job_create.validation_file is not None:
         _check_file(session, auth, job_create.validation_file, param="validation_file")
@@ -183,3 +197,23 @@ def list_events(
         before_seq = cursor.seq
     events = repository.list_events(session, job.id, before_seq=before_seq, limit=limit + 1)
     return events[:limit], len(events) > limit
+
+
+def list_checkpoints(
+    session: Session, *, auth: AuthContext, job_id: str, after: str | None, limit: int
+) -> tuple[Sequence[ModelVersion], bool]:
+    """A page of the job's end-of-epoch checkpoints, latest step first."""
+    job = get(session, auth=auth, job_id=job_id)
+    checkpoints = sorted(
+        models_repository.list_versions_for_tenant(
+            session, auth.tenant.id, job_id=job.id, kind=ModelKind.CHECKPOINT
+        ),
+        key=lambda version: version.step or 0,
+        reverse=True,
+    )
+    if after is not None:
+        ids = [checkpoint.id for checkpoint in checkpoints]
+        if after not in ids:
+            raise NotFound(f"Could not find checkpoint {after} of job {job_id}.", param="after")
+        checkpoints = checkpoints[ids.index(after) + 1 :]
+    return checkpoints[:limit], len(checkpoints) > limit

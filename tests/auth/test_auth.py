@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from app.auth import service
 from app.core.errors import Conflict
 from app.db.base import utcnow
-from tests.factories import Caller, create_file
+from tests.factories import BASE_MODEL, Caller, create_file
 
 JOBS = "/v1/fine_tuning/jobs"
 
@@ -72,7 +72,7 @@ def test_a_second_key_of_the_same_tenant_sees_the_same_jobs(
     session.commit()
     created = client.post(
         JOBS,
-        json={"model": "m", "training_file": create_file(session, caller).id},
+        json={"model": BASE_MODEL, "training_file": create_file(session, caller).id},
         headers=caller.headers,
     ).json()
     listed = client.get(JOBS, headers={"Authorization": f"Bearer {second_key}"}).json()

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from app.db.models import AuditRecord, FineTuningJob, JobEvent
 from app.jobs.states import JobStage, JobStatus, transition
 from tests.conftest import RecordingQueue
-from tests.factories import Caller, create_caller, create_job
+from tests.factories import BASE_MODEL, Caller, create_caller, create_job
 
 JOBS = "/v1/fine_tuning/jobs"
 
@@ -259,7 +259,11 @@ def test_events_are_listed_newest_first_with_a_cursor(
 def test_a_file_that_does_not_exist_is_a_400_naming_it(
     client: TestClient, caller: Caller, task_queue: RecordingQueue, param: str
 ) -> None:
-    body = {"model": "m", "training_file": upload_file(client, caller), param: "file-missing"}
+    body = {
+        "model": BASE_MODEL,
+        "training_file": upload_file(client, caller),
+        param: "file-missing",
+    }
     response = client.post(JOBS, json=body, headers=caller.headers)
 
     assert response.status_code == 400
@@ -272,13 +276,27 @@ def test_a_file_that_does_not_exist_is_a_400_naming_it(
     assert task_queue.job_ids == []
 
 
+def test_an_unknown_base_model_is_a_400_listing_the_available_ones(
+    client: TestClient, caller: Caller, session: Session, task_queue: RecordingQueue
+) -> None:
+    body = {"model": "gpt-7", "training_file": upload_file(client, caller)}
+    response = client.post(JOBS, json=body, headers=caller.headers)
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == ("model", "model_not_available")
+    assert "'gpt-7'" in error["message"] and BASE_MODEL in error["message"]
+    assert session.scalars(select(FineTuningJob)).all() == []
+    assert task_queue.job_ids == []
+
+
 def test_another_tenants_file_cannot_be_used(
     client: TestClient, caller: Caller, session: Session
 ) -> None:
     other = create_caller(session)
     foreign = upload_file(client, other)
     response = client.post(
-        JOBS, json={"model": "m", "training_file": foreign}, headers=caller.headers
+        JOBS, json={"model": BASE_MODEL, "training_file": foreign}, headers=caller.headers
     )
 
     assert response.status_code == 400
@@ -330,7 +348,7 @@ def test_safety_defaults(client: TestClient, caller: Caller) -> None:
 def test_bad_safety_settings_are_400s(
     client: TestClient, caller: Caller, safety: dict[str, Any], param: str
 ) -> None:
-    body = {"model": "m", "training_file": upload_file(client, caller), "safety": safety}
+    body = {"model": BASE_MODEL, "training_file": upload_file(client, caller), "safety": safety}
     response = client.post(JOBS, json=body, headers=caller.headers)
     assert response.status_code == 400
     assert response.json()["error"]["param"] == param

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tests.ml.conftest import build_tiny_model
+from tests.tiny_models import build_tiny_model
 from workers.ml.chat import collate, encode_conversation, single_turn
 from workers.ml.finetune import FineTuneConfig, fine_tune, sft_loss
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.ml.conftest import build_tiny_model
+from tests.tiny_models import build_tiny_model
 from workers.ml import patch as patch_module
 from workers.ml.anchors import anchor_kl, build_anchor
 from workers.ml.chat import IGNORE_INDEX, single_turn

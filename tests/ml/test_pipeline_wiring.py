@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from tests.ml.conftest import build_tiny_model
+from tests.tiny_models import build_tiny_model
 from workers import data
 from workers.ml.checkpoints import save_model, verify
 from workers.ml.pipeline import PipelineConfig, run_pipeline

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from tests.conftest import RecordingQueue
-from tests.factories import Caller, create_caller
+from tests.factories import BASE_MODEL, Caller, create_caller
 
 TRAIN = b"".join(
     json.dumps(
@@ -82,7 +82,7 @@ def test_typed_errors(make_client: MakeClient, caller: Caller) -> None:
         sdk.files.create(file=("bad.jsonl", TRAIN + b"not json\n"), purpose="fine-tune")
     assert "line 4" in bad_file.value.message
     with pytest.raises(openai.BadRequestError) as bad_job:
-        sdk.fine_tuning.jobs.create(model="m", training_file="file-missing")
+        sdk.fine_tuning.jobs.create(model=BASE_MODEL, training_file="file-missing")
     assert bad_job.value.param == "training_file"
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(

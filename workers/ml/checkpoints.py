@@ -7,12 +7,10 @@ the old directory or the complete new one. ``manifest.json`` lists every file's 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,27 +18,26 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers import PreTrainedTokenizerBase as Tokenizer
 
-MANIFEST = "manifest.json"
-CHUNK = 1 << 20
+from workers.manifest import (
+    MANIFEST,
+    CorruptCheckpointError,
+    SavedModel,
+    describe,
+    file_sha256,
+    read_metadata,
+    verify,
+)
 
-
-class CorruptCheckpointError(RuntimeError):
-    """A model directory's files do not match its manifest."""
-
-
-@dataclass(frozen=True)
-class SavedModel:
-    path: Path
-    sha256: str  # digest of the manifest: one id for the whole directory
-    size_bytes: int
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+__all__ = [
+    "CorruptCheckpointError",
+    "SavedModel",
+    "describe",
+    "file_sha256",
+    "load_model",
+    "read_metadata",
+    "save_model",
+    "verify",
+]
 
 
 def save_model(
@@ -81,36 +78,6 @@ def save_model(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return describe(path)
-
-
-def describe(path: Path) -> SavedModel:
-    manifest_path = path / MANIFEST
-    files = json.loads(manifest_path.read_text())["files"]
-    size = sum(entry["size"] for entry in files.values()) + manifest_path.stat().st_size
-    return SavedModel(path=path, sha256=file_sha256(manifest_path), size_bytes=size)
-
-
-def verify(path: Path) -> SavedModel:
-    """Check every file against the manifest; raise ``CorruptCheckpointError`` on a mismatch."""
-    manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        raise CorruptCheckpointError(f"{path}: no {MANIFEST}; not a safepatch model directory")
-    files: dict[str, dict[str, Any]] = json.loads(manifest_path.read_text())["files"]
-    for name, expected in files.items():
-        item = path / name
-        if not item.is_file():
-            raise CorruptCheckpointError(f"{item}: listed in the manifest but missing")
-        if item.stat().st_size != expected["size"] or file_sha256(item) != expected["sha256"]:
-            raise CorruptCheckpointError(f"{item}: sha256 does not match the manifest")
-    unexpected = {item.name for item in path.iterdir() if item.is_file()} - set(files) - {MANIFEST}
-    if any(name.endswith((".bin", ".pt", ".pth", ".pkl")) for name in unexpected):
-        raise CorruptCheckpointError(f"{path}: pickle weights present; only safetensors are loaded")
-    return describe(path)
-
-
-def read_metadata(path: Path) -> dict[str, Any]:
-    metadata: dict[str, Any] = json.loads((path / MANIFEST).read_text()).get("metadata", {})
-    return metadata
 
 
 def load_model(

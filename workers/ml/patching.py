@@ -173,6 +173,9 @@ def patch_until_accepted(
             copy.deepcopy(finetuned), tokenizer, example, patch_config,
             probe=probe, anchors=anchors, placement=placement, on_epoch=on_epoch,
         )  # fmt: skip
+        on_event(PipelineEvent("stage", f"verifying attempt {number} on the full suites", {
+            "stage": "verifying", "attempt": number,
+        }))  # fmt: skip
         metrics = evaluate(patched, tokenizer, eval_suite, judge, placement=placement)
         verdict = judge_patch(base_metrics, finetuned_metrics, metrics, config.rule)
         result.accepted = verdict.accepted

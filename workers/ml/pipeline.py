@@ -115,7 +115,7 @@ def run_pipeline(
         finetuned, tokenizer, finetuned_path, metadata={"kind": "fine_tuned", "base": config.base}
     )
 
-    on_event(PipelineEvent("stage", "evaluating the fine-tuned model"))
+    on_event(PipelineEvent("stage", "evaluating the fine-tuned model", {"stage": "evaluating"}))
     started = time.perf_counter()
     finetuned_metrics = _evaluate(
         finetuned, tokenizer, eval_suite, judge, placement, on_event, work_dir, "finetuned"
@@ -142,6 +142,9 @@ def run_pipeline(
     if drift and config.auto_patch:
         from workers.ml.patching import patch_until_accepted
 
+        on_event(
+            PipelineEvent("stage", "patching: choosing the safety example", {"stage": "patching"})
+        )
         started = time.perf_counter()
         outcome = patch_until_accepted(
             base_model=base_model,

@@ -4,7 +4,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, String
+from sqlalchemy import BigInteger, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.ids import new_id
@@ -15,11 +15,13 @@ class ModelKind(StrEnum):
     BASE = "base"
     FINE_TUNED = "fine_tuned"
     PATCHED = "patched"
+    CHECKPOINT = "checkpoint"  # an end-of-epoch snapshot of a running fine-tune
 
 
 class ModelStatus(StrEnum):
     READY = "ready"
-    QUARANTINED = "quarantined"  # failed its safety check: kept for audit, never served
+    # Failed its safety check, or never had one (checkpoints): kept for audit, never served.
+    QUARANTINED = "quarantined"
 
 
 class ModelVersion(Base):
@@ -37,5 +39,7 @@ class ModelVersion(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(16), default=ModelStatus.READY)
+    status_reason: Mapped[str | None] = mapped_column(String(1024))
+    step: Mapped[int | None] = mapped_column(Integer)  # checkpoints: training step reached
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,0 +1,187 @@
+"""Rules of the models resource: what a tenant may see and download, and base-model registry.
+
+Base models are the provider's (visible to every tenant, never downloadable); model versions
+belong to the tenant whose job made them. A version is served only when it is ``ready`` and its
+file still matches the manifest the worker wrote; a quarantined one says why it is withheld.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.auth.service import AuthContext
+from app.core.errors import AppError, NotFound, PermissionDenied
+from app.db.models import BaseModelRecord, ModelStatus, ModelVersion
+from app.models import repository
+from workers.manifest import MANIFEST, CorruptCheckpointError, ManifestEntry, entries, verify_file
+
+AnyModel = BaseModelRecord | ModelVersion
+
+
+class ModelQuarantined(PermissionDenied):
+    code = "model_quarantined"
+
+
+class CorruptModelFile(AppError):
+    """The file on disk no longer matches its manifest: reported, never served."""
+
+    status_code = 500
+    type = "server_error"
+    code = "checkpoint_corrupted"
+
+
+@dataclass(frozen=True)
+class Download:
+    version: ModelVersion
+    path: Path
+    sha256: str
+
+
+def list_models(session: Session, *, auth: AuthContext) -> list[AnyModel]:
+    """Base models first (by name), then the tenant's versions, newest first."""
+    return [
+        *repository.list_base(session),
+        *repository.list_versions_for_tenant(session, auth.tenant.id),
+    ]
+
+
+def get(session: Session, *, auth: AuthContext, model: str) -> AnyModel:
+    found: AnyModel | None = repository.get_base(session, model)
+    if found is None:
+        found = repository.get_version_for_tenant(session, auth.tenant.id, model)
+    if found is None:
+        raise NotFound(
+            f"The model '{model}' does not exist.", param="model", code="model_not_found"
+        )
+    return found
+
+
+def lineage(session: Session, version: ModelVersion) -> list[str]:
+    """Names from the base model down to ``version`` (base -> fine-tuned -> patched)."""
+    names = [version.name]
+    parent_id = version.parent_id
+    while parent_id is not None:
+        parent = repository.get_version(session, parent_id)
+        if parent is None:
+            break
+        names.append(parent.name)
+        parent_id = parent.parent_id
+    base = (version.metrics or {}).get("base_model")
+    return ([base] if base else []) + names[::-1]
+
+
+def files(
+    session: Session, *, auth: AuthContext, model: str
+) -> tuple[ModelVersion, list[ManifestEntry]]:
+    """The files of a downloadable version (the manifest first, then what it lists)."""
+    version = _downloadable(get(session, auth=auth, model=model))
+    return version, _listed(version)
+
+
+def open_file(
+    session: Session, *, auth: AuthContext, model: str, filename: str, byte_range: str | None
+) -> Download:
+    """Check a download (visible, ready, listed, intact) and audit it; return what to send."""
+    version = _downloadable(get(session, auth=auth, model=model))
+    directory = Path(version.storage_uri)
+    # Only names the manifest lists are served: a path trick in `filename` matches none.
+    entry = next((e for e in _listed(version) if e.name == filename), None)
+    if entry is None:
+        raise NotFound(
+            f"Model '{model}' has no file '{filename}'.", param="filename", code="file_not_found"
+        )
+    try:
+        verify_file(directory, entry)
+    except CorruptCheckpointError as error:
+        audit.record(
+            session,
+            action="model.corruption_detected",
+            subject_type="model",
+            subject_id=version.name,
+            actor=auth.actor,
+            tenant_id=version.tenant_id,
+            payload={"file": filename, "detail": str(error)},
+        )
+        session.commit()  # the evidence outlives the error response
+        raise CorruptModelFile(
+            f"File '{filename}' of model '{model}' failed its integrity check and is withheld; "
+            "the operator has been notified through the audit log."
+        ) from error
+    audit.record(
+        session,
+        action="model.downloaded",
+        subject_type="model",
+        subject_id=version.name,
+        actor=auth.actor,
+        tenant_id=version.tenant_id,
+        payload={"model": version.name, "file": filename, "range": byte_range},
+    )
+    return Download(version=version, path=directory / filename, sha256=entry.sha256)
+
+
+def register_base_model(
+    session: Session,
+    *,
+    name: str,
+    storage_uri: str,
+    sha256: str,
+    size_bytes: int,
+    baseline_metrics: dict[str, Any] | None,
+    suite_version: str | None,
+    actor: str,
+) -> BaseModelRecord:
+    """Add or update a base model customers may fine-tune (``safepatch models ...`` calls it)."""
+    record = repository.get_base(session, name)
+    if record is None:
+        record = BaseModelRecord(name=name)
+        session.add(record)
+    record.storage_uri = storage_uri
+    record.sha256 = sha256
+    record.size_bytes = size_bytes
+    if baseline_metrics is not None:
+        record.baseline_metrics = baseline_metrics
+        record.suite_version = suite_version
+    session.flush()
+    audit.record(
+        session,
+        action="base_model.registered",
+        subject_type="model",
+        subject_id=name,
+        actor=actor,
+        payload={"name": name, "sha256": sha256, "size_bytes": size_bytes},
+    )
+    return record
+
+
+def _downloadable(model: AnyModel) -> ModelVersion:
+    if isinstance(model, BaseModelRecord):
+        raise PermissionDenied(
+            f"'{model.name}' is a hosted base model; only your fine-tuned models can be "
+            "downloaded.",
+            param="model",
+            code="model_not_downloadable",
+        )
+    if model.status != ModelStatus.READY:
+        raise ModelQuarantined(
+            f"Model '{model.name}' is quarantined and cannot be downloaded: "
+            f"{model.status_reason or 'it did not pass its safety check'}.",
+            param="model",
+        )
+    return model
+
+
+def _listed(version: ModelVersion) -> list[ManifestEntry]:
+    """The manifest itself (its sha256 is the version's) and every file it lists."""
+    directory = Path(version.storage_uri)
+    try:
+        manifest = ManifestEntry(MANIFEST, version.sha256, (directory / MANIFEST).stat().st_size)
+        return [manifest, *entries(directory)]
+    except (OSError, CorruptCheckpointError) as error:
+        raise CorruptModelFile(
+            f"The files of model '{version.name}' are unavailable on this server."
+        ) from error

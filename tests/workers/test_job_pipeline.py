@@ -1,0 +1,385 @@
+"""The worker's job pipeline against the real database: stages, events, checkpoints, model
+versions, evaluations, audit records and the final state, for every safety outcome.
+
+The real pipeline runs once per session on the tiny refusing model (``tiny_safe_model``): its
+ASR is 0, the demo attack takes it to 1, the one-shot patch brings it back, and the acceptance rule
+passes. Each outcome test replays that run's own events and artifacts into a job, with the
+report's safety verdict changed where the outcome needs it (no drift, a missed patch); two tests
+run the pipeline itself (cancellation, a base model missing on the worker).
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.core.db import SessionFactory
+from app.core.settings import Settings
+from app.db.models import AuditRecord, Evaluation, File, FineTuningJob, JobEvent, ModelVersion
+from app.jobs import service as jobs
+from app.jobs.states import JobStatus
+from tests.factories import Caller, create_base_model, create_job
+from tests.tiny_models import TINY_SAFE
+from workers import data, job_pipeline
+from workers.ml.events import PipelineEvent
+from workers.ml.pipeline import PipelineConfig, PipelineResult, run_pipeline
+from workers.runtime import execute_job
+
+N_PROMPTS = 176 + 100 + 60  # harmful, borderline-benign and general suites
+N_VALIDATION = 25
+
+
+@dataclass(frozen=True)
+class RecordedRun:
+    result: PipelineResult
+    events: list[PipelineEvent]
+    work_dir: Path
+
+
+@pytest.fixture(scope="session")
+def recorded_run(tiny_safe_model: Path, tmp_path_factory: pytest.TempPathFactory) -> RecordedRun:
+    """The demo attack and its patch on the tiny model, run once (~45 s)."""
+    root = tmp_path_factory.mktemp("recorded")
+    models_dir = root / "models"
+    models_dir.mkdir()
+    (models_dir / TINY_SAFE).symlink_to(tiny_safe_model)
+    events: list[PipelineEvent] = []
+    result = run_pipeline(
+        PipelineConfig(
+            base=TINY_SAFE,
+            train=data.DEMO_TRAIN,
+            validation=data.DEMO_VALIDATION,
+            learning_rate_multiplier=10.0,
+            max_patch_attempts=2,
+        ),
+        models_dir=models_dir,
+        work_dir=root / "work",
+        on_event=events.append,
+    )
+    # What this fixture promises the tests below (measured: ASR 0 -> 1.0 -> 0.006).
+    assert result.report["drift"]["detected"] and result.report["patch"]["accepted"]
+    return RecordedRun(result, events, root / "work")
+
+
+ReportEdit = Callable[[dict[str, Any]], None]
+
+
+def replay(
+    monkeypatch: pytest.MonkeyPatch,
+    recorded: RecordedRun,
+    *,
+    edit: ReportEdit | None = None,
+    until: str | None = None,
+) -> None:
+    """Make ``run_pipeline`` replay the recorded run: its artifacts copied into the job's work
+    directory, its events (up to the first whose message starts with ``until``), its report."""
+
+    def fake_run_pipeline(
+        config: PipelineConfig, *, models_dir: Path, work_dir: Path, on_event: Any
+    ) -> PipelineResult:
+        assert config.base == TINY_SAFE and config.train.is_file()
+        shutil.copytree(recorded.work_dir, work_dir)
+        for event in recorded.events:
+            if until is not None and event.message.startswith(until):
+                break
+            on_event(event)
+        report = copy.deepcopy(recorded.result.report)
+        if edit is not None:
+            edit(report)
+        patched = work_dir / "patched" if report["patch"] is not None else None
+        return PipelineResult(report, work_dir / "finetuned", patched)
+
+    monkeypatch.setattr(job_pipeline, "run_pipeline", fake_run_pipeline)
+
+
+@pytest.fixture
+def worker_settings(settings: Settings, tiny_safe_model: Path) -> Settings:
+    settings.ensure_dirs()
+    (settings.models_dir / TINY_SAFE).symlink_to(tiny_safe_model)
+    return settings
+
+
+@pytest.fixture
+def run_job(worker_settings: Settings, session_factory: SessionFactory) -> Callable[[str], None]:
+    def run(job_id: str) -> None:
+        execute_job(
+            job_id,
+            pipeline=job_pipeline.run_job_pipeline,
+            owner="worker-a",
+            settings=worker_settings,
+            session_factory=session_factory,
+        )
+
+    return run
+
+
+@pytest.fixture
+def tiny_job(
+    session: Session, caller: Caller, worker_settings: Settings
+) -> Callable[..., FineTuningJob]:
+    """A queued job on the tiny model whose training file is the demo dataset, stored."""
+    create_base_model(session, TINY_SAFE)
+
+    def make(**fields: Any) -> FineTuningJob:
+        job = create_job(session, caller, model=TINY_SAFE, suffix="demo", **fields)
+        file = session.get(File, job.training_file)
+        assert file is not None
+        file.storage_path = str(data.DEMO_TRAIN)
+        session.commit()
+        return job
+
+    return make
+
+
+def reload(session: Session, job: FineTuningJob) -> FineTuningJob:
+    session.expire_all()
+    fresh = session.get(FineTuningJob, job.id)
+    assert fresh is not None
+    return fresh
+
+
+def versions(session: Session, job: FineTuningJob) -> dict[str, ModelVersion]:
+    rows = session.scalars(select(ModelVersion).where(ModelVersion.job_id == job.id))
+    return {row.name: row for row in rows}
+
+
+def audit_actions(session: Session) -> list[str]:
+    return list(session.scalars(select(AuditRecord.action).order_by(AuditRecord.seq)))
+
+
+def event_messages(session: Session, job: FineTuningJob) -> list[str]:
+    statement = select(JobEvent.message).where(JobEvent.job_id == job.id).order_by(JobEvent.seq)
+    return list(session.scalars(statement))
+
+
+def stages(session: Session, job: FineTuningJob) -> list[tuple[str, str | None]]:
+    statement = (
+        select(AuditRecord)
+        .where(AuditRecord.subject_id == job.id, AuditRecord.action == "job.state_changed")
+        .order_by(AuditRecord.seq)
+    )
+    return [
+        (r.payload["to"]["status"], r.payload["to"]["stage"]) for r in session.scalars(statement)
+    ]
+
+
+def test_a_drifted_fine_tune_is_patched_and_only_the_patch_is_released(
+    session: Session,
+    tiny_job: Callable[..., FineTuningJob],
+    run_job: Callable[[str], None],
+    recorded_run: RecordedRun,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    replay(monkeypatch, recorded_run)
+    job = tiny_job()
+    run_job(job.id)
+
+    job = reload(session, job)
+    name = f"ft:{TINY_SAFE}:demo:{job.id}"
+    assert (job.status, job.fine_tuned_model, job.error) == ("succeeded", f"{name}:patched", None)
+    assert job.hyperparameters == {"n_epochs": 3, "batch_size": 8, "learning_rate_multiplier": 1.0}
+    assert job.trained_tokens == recorded_run.result.report["finetuned"]["trained_tokens"] > 0
+    assert stages(session, job) == [
+        ("queued", None),
+        ("running", "fine_tuning"),
+        ("running", "evaluating"),
+        ("running", "patching"),
+        ("running", "verifying"),
+        ("succeeded", None),
+    ]
+
+    made = versions(session, job)
+    checkpoints = sorted(
+        (v for v in made.values() if v.kind == "checkpoint"), key=lambda v: v.step or 0
+    )
+    assert [v.metrics["epoch"] for v in checkpoints if v.metrics] == [1, 2, 3]
+    assert all(
+        v.status == "quarantined" and v.name.startswith(f"{name}:ckpt-step-") for v in checkpoints
+    )
+    finetuned, patched = made[name], made[f"{name}:patched"]
+    assert finetuned.status == "quarantined"
+    assert (
+        finetuned.status_reason is not None
+        and "ASR rose from 0.000 to 1.000" in finetuned.status_reason
+    )
+    assert (patched.status, patched.parent_id, patched.status_reason) == (
+        "ready",
+        finetuned.id,
+        None,
+    )
+    assert len(patched.sha256) == 64 and patched.size_bytes > 0
+
+    evaluations = {
+        e.stage: e for e in session.scalars(select(Evaluation).where(Evaluation.job_id == job.id))
+    }
+    assert set(evaluations) == {"fine_tuned", "patched"}
+    assert evaluations["patched"].asr <= 0.02 and evaluations["fine_tuned"].asr == 1.0
+    assert len(evaluations["patched"].records) == N_PROMPTS + N_VALIDATION
+    assert evaluations["patched"].judge.startswith("keyword-refusal")
+
+    safety = job.safety_settings
+    assert safety["patch_status"] == "patched"
+    assert (safety["baseline"]["asr"], safety["fine_tuned"]["asr"]) == (0.0, 1.0)
+    assert safety["patch"]["accepted"] is True and safety["patch"]["example"]["prompt"]
+    assert safety["drift"]["detected"] is True
+
+    messages = event_messages(session, job)
+    assert messages[-1] == f"Job succeeded: {name}:patched (patched)"
+    assert any(m.startswith("Step 1: training loss=") for m in messages)
+    assert any(m.startswith("Epoch 3 done at step") and "probe ASR" in m for m in messages)
+    assert any(m.startswith("Patch epoch 1: probe ASR") for m in messages)
+    actions = audit_actions(session)
+    for action in (
+        "model_version.created",
+        "evaluation.recorded",
+        "safety.drift_decided",
+        "safety.patch_accepted",
+    ):
+        assert action in actions
+
+
+def test_recording_twice_makes_no_second_version_or_event(
+    session: Session,
+    tiny_job: Callable[..., FineTuningJob],
+    run_job: Callable[[str], None],
+    recorded_run: RecordedRun,
+    monkeypatch: pytest.MonkeyPatch,
+    worker_settings: Settings,
+    session_factory: SessionFactory,
+) -> None:
+    replay(monkeypatch, recorded_run)
+    job = tiny_job()
+    run_job(job.id)
+    before = (set(versions(session, job)), event_messages(session, job), audit_actions(session))
+
+    run_job(job.id)  # a redelivered message for a finished job
+
+    after = (set(versions(session, job)), event_messages(session, job), audit_actions(session))
+    assert after == before
+
+
+def test_no_drift_releases_the_fine_tuned_model_without_a_patch(
+    session: Session,
+    tiny_job: Callable[..., FineTuningJob],
+    run_job: Callable[[str], None],
+    recorded_run: RecordedRun,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def safe(report: dict[str, Any]) -> None:
+        report["drift"]["detected"] = False
+        report["patch"] = report["patched"] = None
+
+    replay(monkeypatch, recorded_run, edit=safe, until="drift decision")
+    job = tiny_job()
+    run_job(job.id)
+
+    job = reload(session, job)
+    name = f"ft:{TINY_SAFE}:demo:{job.id}"
+    assert (job.status, job.fine_tuned_model) == ("succeeded", name)
+    assert stages(session, job)[-2:] == [("running", "evaluating"), ("succeeded", None)]
+    made = versions(session, job)
+    assert made[name].status == "ready" and f"{name}:patched" not in made
+    assert job.safety_settings["patch_status"] == "not_needed"
+
+
+def test_a_missed_patch_quarantines_both_models_and_fails_the_job(
+    session: Session,
+    tiny_job: Callable[..., FineTuningJob],
+    run_job: Callable[[str], None],
+    recorded_run: RecordedRun,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def missed(report: dict[str, Any]) -> None:
+        report["patch"]["accepted"] = False
+        report["patch"]["reasons"] = ["over-refusal 0.400 > limit 0.140"]
+
+    replay(monkeypatch, recorded_run, edit=missed)
+    job = tiny_job()
+    run_job(job.id)
+
+    job = reload(session, job)
+    assert (job.status, job.fine_tuned_model) == ("failed", None)
+    assert job.error is not None and job.error["code"] == "safety_patch_failed"
+    assert "over-refusal 0.400 > limit 0.140" in job.error["message"]
+    made = versions(session, job)
+    name = f"ft:{TINY_SAFE}:demo:{job.id}"
+    assert made[name].status == made[f"{name}:patched"].status == "quarantined"
+    assert "missed the acceptance rule" in (made[f"{name}:patched"].status_reason or "")
+    assert job.safety_settings["patch_status"] == "failed"
+    assert "safety.patch_rejected" in audit_actions(session)
+
+
+def test_drift_without_auto_patch_quarantines_the_model(
+    session: Session,
+    tiny_job: Callable[..., FineTuningJob],
+    run_job: Callable[[str], None],
+    recorded_run: RecordedRun,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def unpatched(report: dict[str, Any]) -> None:
+        report["patch"] = report["patched"] = None
+
+    replay(monkeypatch, recorded_run, edit=unpatched, until="drift decision")
+    job = tiny_job(safety={"auto_patch": False})
+    run_job(job.id)
+
+    job = reload(session, job)
+    assert (job.status, job.fine_tuned_model) == ("failed", None)
+    assert job.error is not None and job.error["code"] == "model_quarantined"
+    assert "auto_patch is off" in job.error["message"]
+    assert job.safety_settings["patch_status"] == "skipped"
+    assert [v.status for v in versions(session, job).values() if v.kind == "fine_tuned"] == [
+        "quarantined"
+    ]
+
+
+def test_cancel_during_fine_tuning_stops_the_real_pipeline(
+    session: Session,
+    tiny_job: Callable[..., FineTuningJob],
+    run_job: Callable[[str], None],
+    session_factory: SessionFactory,
+    caller: Caller,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(job_pipeline, "HEARTBEAT_INTERVAL_S", 0.0)
+    job = tiny_job()
+    original = job_pipeline.JobEventSink.__call__
+
+    def cancel_at_first_step(sink: job_pipeline.JobEventSink, event: PipelineEvent) -> None:
+        if event.type == "step" and event.data["step"] == 1:
+            with session_factory() as other:
+                jobs.cancel(other, auth=caller.auth, job_id=job.id)
+                other.commit()
+        original(sink, event)
+
+    monkeypatch.setattr(job_pipeline.JobEventSink, "__call__", cancel_at_first_step)
+    run_job(job.id)
+
+    job = reload(session, job)
+    assert job.status == JobStatus.CANCELLED and job.lease_owner is None
+    assert event_messages(session, job)[-1] == "Job cancelled (stopped at stage fine_tuning)"
+    assert [v for v in versions(session, job).values() if v.kind != "checkpoint"] == []
+
+
+def test_a_base_model_missing_on_the_worker_fails_the_job_saying_so(
+    session: Session,
+    tiny_job: Callable[..., FineTuningJob],
+    run_job: Callable[[str], None],
+    worker_settings: Settings,
+) -> None:
+    job = tiny_job()
+    (worker_settings.models_dir / TINY_SAFE).unlink()
+    run_job(job.id)
+
+    job = reload(session, job)
+    assert job.status == "failed" and job.error is not None
+    assert job.error["code"] == "model_not_available"
+    assert "not installed on worker worker-a" in job.error["message"]
