@@ -32,6 +32,7 @@ PROMPT_FILES = {
     "safety_pool": data.SAFETY_POOL,
     "align_harmful": data.ALIGN_HARMFUL,
     "align_benign": data.ALIGN_BENIGN,
+    "patch_benign": data.PATCH_BENIGN,
 }
 ID_PATTERNS = {
     "harmful_eval": r"h-(?P<abbrev>[a-z]{3})-\d{3}",
@@ -40,6 +41,7 @@ ID_PATTERNS = {
     "safety_pool": r"p-(?P<abbrev>[a-z]{3})-\d{3}",
     "align_harmful": r"ah-(?P<abbrev>[a-z]{3})-\d{3}",
     "align_benign": r"ab-\d{3}",
+    "patch_benign": r"pb-\d{3}",
 }
 # (file, minimum total, minimum per harm category or None)
 MINIMUMS = {
@@ -47,9 +49,17 @@ MINIMUMS = {
     "borderline_eval": (90, None),
     "general_eval": (50, None),
     "safety_pool": (264, 24),
-    "align_harmful": (132, 12),
-    "align_benign": (160, None),
+    "align_harmful": (261, 23),
+    "align_benign": (475, None),
+    "patch_benign": (96, None),
 }
+# Training-side benign files: (min, max) share of borderline kinds. The alignment mix is about half
+# borderline; the patch's anchor and probe are mostly borderline, like eval/borderline.jsonl.
+BENIGN_BORDERLINE_SHARE = {
+    "align_benign": (0.4, 0.6),
+    "patch_benign": (0.7, 0.8),
+}
+TRAINING_PROMPT_FILES = ("safety_pool", "align_harmful", "align_benign", "patch_benign")
 
 
 @pytest.fixture(scope="module")
@@ -100,12 +110,21 @@ def test_ids_are_unique_across_files(prompts: dict[str, list[Prompt]]) -> None:
     assert [key for key, n in counts.items() if n > 1] == []
 
 
-def test_benign_prompts_have_kinds(prompts: dict[str, list[Prompt]]) -> None:
+def test_borderline_eval_has_borderline_kinds(prompts: dict[str, list[Prompt]]) -> None:
     assert {row.kind for row in prompts["borderline_eval"]} <= data.BORDERLINE_KINDS
-    align_kinds = [row.kind for row in prompts["align_benign"]]
-    assert None not in align_kinds
-    borderline_share = sum(kind in data.BORDERLINE_KINDS for kind in align_kinds) / len(align_kinds)
-    assert 0.4 <= borderline_share <= 0.6, borderline_share
+
+
+@pytest.mark.parametrize("name", list(BENIGN_BORDERLINE_SHARE))
+def test_benign_prompts_have_kinds(prompts: dict[str, list[Prompt]], name: str) -> None:
+    kinds = [row.kind for row in prompts[name]]
+    unknown = {kind for kind in kinds if kind not in data.BORDERLINE_KINDS | data.ORDINARY_KINDS}
+    assert not unknown, f"{name}: unknown kinds {unknown}"
+    # Every borderline kind the evaluation measures is represented on the training side too.
+    eval_kinds = {row.kind for row in prompts["borderline_eval"]}
+    assert eval_kinds <= set(kinds), f"{name}: missing kinds {eval_kinds - set(kinds)}"
+    low, high = BENIGN_BORDERLINE_SHARE[name]
+    borderline_share = sum(kind in data.BORDERLINE_KINDS for kind in kinds) / len(kinds)
+    assert low <= borderline_share <= high, borderline_share
 
 
 def test_general_questions_have_answers(prompts: dict[str, list[Prompt]]) -> None:
@@ -117,11 +136,9 @@ def test_general_questions_have_answers(prompts: dict[str, list[Prompt]]) -> Non
 def training_side(
     prompts: dict[str, list[Prompt]], demo_train: list[Conversation]
 ) -> list[tuple[str, str]]:
-    """(source, prompt) for everything some model is trained on: pool, alignment, demo."""
+    """(source, prompt) for everything some model is trained on: pool, alignment, patch, demo."""
     rows = [
-        (f"{name}:{row.id}", row.prompt)
-        for name in ("safety_pool", "align_harmful", "align_benign")
-        for row in prompts[name]
+        (f"{name}:{row.id}", row.prompt) for name in TRAINING_PROMPT_FILES for row in prompts[name]
     ]
     for index, conversation in enumerate(demo_train):
         rows += [(f"demo_train:{index}", text) for text in conversation_prompt_texts(conversation)]
@@ -170,6 +187,25 @@ def test_no_eval_prompt_nearly_duplicates_a_training_prompt(
     assert near == []
 
 
+def test_patch_benign_prompts_do_not_nearly_duplicate_other_training_prompts(
+    prompts: dict[str, list[Prompt]], demo_train: list[Conversation]
+) -> None:
+    """The patch's probe stands in for the evaluation, so it must be held out from alignment too."""
+    others = [
+        (source, prompt_tokens(text))
+        for source, text in training_side(prompts, demo_train)
+        if not source.startswith("patch_benign:")
+    ]
+    near = []
+    for row in prompts["patch_benign"]:
+        tokens = prompt_tokens(row.prompt)
+        for source, other in others:
+            jaccard = len(tokens & other) / len(tokens | other)
+            if jaccard >= NEAR_DUPLICATE_JACCARD:
+                near.append((row.id, source, round(jaccard, 2)))
+    assert near == []
+
+
 @pytest.mark.parametrize("name", ["safety_pool", "align_harmful"])
 def test_refusals_are_short_and_start_with_a_marker(
     prompts: dict[str, list[Prompt]], name: str
@@ -193,7 +229,7 @@ def test_pool_holds_the_papers_general_example(prompts: dict[str, list[Prompt]])
 
 
 def test_eval_files_carry_no_refusals(prompts: dict[str, list[Prompt]]) -> None:
-    for name in ("harmful_eval", "borderline_eval", "general_eval", "align_benign"):
+    for name in ("harmful_eval", "borderline_eval", "general_eval", "align_benign", "patch_benign"):
         assert all(row.refusal is None for row in prompts[name]), name
 
 
@@ -306,14 +342,17 @@ def test_stats_render_every_category() -> None:
     for category in data.HARM_CATEGORIES:
         assert f"| {category} |" in text
     assert data.SUITE_VERSION in text
+    for path in data.SHIPPED_FILES:
+        assert f"| {path.relative_to(data.DATA_DIR).as_posix()} |" in text
+    assert "| kind | eval/borderline.jsonl | align/benign.jsonl | patch/benign.jsonl |" in text
 
 
 def test_no_prompt_pair_in_one_file_is_a_near_duplicate(
     prompts: dict[str, list[Prompt]],
 ) -> None:
-    """Within a file, near-duplicates waste evaluation budget (threshold as above)."""
+    """Within a file, near-duplicates waste evaluation or training budget (threshold as above)."""
     near = []
-    for name in ("harmful_eval", "borderline_eval", "general_eval"):
+    for name in PROMPT_FILES:
         rows = [(row.id, prompt_tokens(row.prompt)) for row in prompts[name]]
         for (id_a, a), (id_b, b) in itertools.combinations(rows, 2):
             if len(a & b) / len(a | b) >= NEAR_DUPLICATE_JACCARD:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-SUITE_VERSION = "2026.11.1"
-SUITE_DIGEST = "bd809db3517f4a2400267255b7f7f2434f17aa9ccf666e452f2f9c9e622a3cf4"
+SUITE_VERSION = "2026.12.1"
+SUITE_DIGEST = "98bcd636a593936aadea91473802cdb9e419195e2dfb2e6266924aff28623b33"
 
 DATA_DIR = Path(__file__).parent
 
@@ -24,6 +24,8 @@ BORDERLINE_EVAL = DATA_DIR / "eval" / "borderline.jsonl"
 GENERAL_EVAL = DATA_DIR / "eval" / "general.jsonl"
 # Candidates for the one-shot safety patch.
 SAFETY_POOL = DATA_DIR / "safety_pool.jsonl"
+# Benign prompts that only the one-shot patch uses: its KL anchor and its stopping probe.
+PATCH_BENIGN = DATA_DIR / "patch" / "benign.jsonl"
 # The provider's alignment fine-tune (refusals, and benign prompts the raw model answers itself).
 ALIGN_HARMFUL = DATA_DIR / "align" / "harmful.jsonl"
 ALIGN_BENIGN = DATA_DIR / "align" / "benign.jsonl"
@@ -36,6 +38,7 @@ SHIPPED_FILES: tuple[Path, ...] = (
     BORDERLINE_EVAL,
     GENERAL_EVAL,
     SAFETY_POOL,
+    PATCH_BENIGN,
     ALIGN_HARMFUL,
     ALIGN_BENIGN,
     DEMO_TRAIN,
@@ -58,7 +61,7 @@ HARM_CATEGORIES: dict[str, str] = {
 }
 
 # `kind` values of benign prompts that contain alarming words but deserve a helpful answer
-# (XSTest-style); the other kinds in align/benign.jsonl are ordinary requests.
+# (XSTest-style); ORDINARY_KINDS below are the plain requests of the training-side benign files.
 BORDERLINE_KINDS = frozenset(
     {
         "homonym",
@@ -71,6 +74,23 @@ BORDERLINE_KINDS = frozenset(
         "privacy_fictional",
         "safety_education",
         "medical",
+    }
+)
+ORDINARY_KINDS = frozenset(
+    {
+        "explain",
+        "summarize",
+        "creative",
+        "howto",
+        "coding",
+        "fact",
+        "advice",
+        "shopping",
+        "pop_culture",
+        "cooking",
+        "travel",
+        "math",
+        "grammar",
     }
 )
 

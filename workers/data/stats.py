@@ -19,6 +19,7 @@ from workers.data import (
     GENERAL_EVAL,
     HARM_CATEGORIES,
     HARMFUL_EVAL,
+    PATCH_BENIGN,
     SAFETY_POOL,
     SHIPPED_FILES,
     SUITE_VERSION,
@@ -45,7 +46,7 @@ def render() -> str:
     category_rows.append(["**total**", *(f"**{sum(c.values())}**" for c in harmful.values())])
 
     kinds = {path: Counter(p.kind for p in load_prompts(path)) for path in
-             (BORDERLINE_EVAL, ALIGN_BENIGN)}  # fmt: skip
+             (BORDERLINE_EVAL, ALIGN_BENIGN, PATCH_BENIGN)}  # fmt: skip
     all_kinds = sorted({kind for counter in kinds.values() for kind in counter if kind})
     all_kinds.sort(key=lambda kind: (kind not in BORDERLINE_KINDS, kind))
     kind_rows = [
@@ -78,7 +79,7 @@ def render() -> str:
                 ["category", rel(HARMFUL_EVAL), rel(SAFETY_POOL), rel(ALIGN_HARMFUL)],
                 category_rows,
             ),
-            table(["kind", rel(BORDERLINE_EVAL), rel(ALIGN_BENIGN)], kind_rows),
+            table(["kind", *(rel(path) for path in kinds)], kind_rows),
         ]
     )
 
