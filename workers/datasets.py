@@ -79,23 +79,27 @@ class DatasetError(ValueError):
         self.reason = reason
         self.problems: tuple[DatasetError, ...] = (self,)
         self.truncated = False
-        located = line is not None or field is not None
         super().__init__(
-            f"{self.path}, {self.location()}: {reason}" if located else f"{path}: {reason}"
+            f"{self.path}, {self.located()}" if self.location() else f"{self.path}: {reason}"
         )
 
     def location(self) -> str:
-        """``line 7, field messages[1].role``; ``the file`` for a whole-file problem."""
+        """``line 7, field messages[1].role``; empty for a whole-file problem."""
         where = []
         if self.line is not None:
             where.append(f"line {self.line}")
         if self.field is not None:
             where.append(f"field {self.field}")
-        return ", ".join(where) or "the file"
+        return ", ".join(where)
+
+    def located(self) -> str:
+        """``line 7, field messages[1].role: reason``, or the reason alone for the whole file."""
+        location = self.location()
+        return f"{location}: {self.reason}" if location else self.reason
 
     def describe(self) -> str:
         """Every problem without the file name: ``line 2: ...; line 5, field ...: ...``."""
-        text = "; ".join(f"{problem.location()}: {problem.reason}" for problem in self.problems)
+        text = "; ".join(problem.located() for problem in self.problems)
         if len(self.problems) > 1:
             more = f"the first {len(self.problems)}" if self.truncated else len(self.problems)
             text = f"{more} problems: {text}"
@@ -333,7 +337,26 @@ def validate_chat_bytes(
         data = data[len(codecs.BOM_UTF8) :]
     if not data:
         raise DatasetError(filename, "the file is empty: it contains no examples")
+    _check_text_file(data, filename)
     return _conversations(_byte_lines(data), filename, limits)
+
+
+def _check_text_file(data: bytes, name: str) -> None:
+    """UTF-16 and binary files fail as a whole, not with a problem on every "line"."""
+    if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        raise DatasetError(
+            name,
+            "not valid UTF-8: the file is UTF-16 (it starts with a UTF-16 byte-order mark); "
+            "save it as UTF-8",
+            line=1,
+        )
+    nul = data.find(b"\x00")
+    if nul != -1:  # JSON text never holds a raw NUL byte; binary files nearly always do
+        raise DatasetError(
+            name,
+            f"a NUL byte (byte {nul + 1} of the file): this is a binary file, not UTF-8 JSON lines",
+            line=data.count(b"\n", 0, nul) + 1,
+        )
 
 
 def _conversations(
@@ -498,10 +521,12 @@ def _check_chars(text: str, field: str, fail: _Fail) -> None:
     if match is None:
         return
     char = match.group()
-    kind = "an unpaired surrogate" if "\ud800" <= char <= "\udfff" else "a control character"
+    where = f"U+{ord(char):04X} at character {match.start() + 1}"
+    if "\ud800" <= char <= "\udfff":
+        raise fail(f"contains an unpaired surrogate ({where}): not valid Unicode", field)
     raise fail(
-        f"contains {kind} (U+{ord(char):04X} at character {match.start() + 1}); "
-        "only tab, newline and carriage return are allowed",
+        f"contains a control character ({where}); "
+        "of those only tab, newline and carriage return are allowed",
         field,
     )
 
@@ -660,12 +685,10 @@ def _line_text(raw: bytes | str, name: str, lineno: int, max_line_bytes: int | N
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        utf16 = lineno == 1 and raw[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
-        hint = "the file looks like UTF-16; " if utf16 else ""
         raise DatasetError(
             name,
             f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1}); "
-            f"{hint}save the file as UTF-8",
+            "save the file as UTF-8",
             line=lineno,
         ) from None
     return text.removesuffix("\r")

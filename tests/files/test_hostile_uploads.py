@@ -299,18 +299,21 @@ CORPUS: dict[str, Broken] = {
     # Empty, binary and badly encoded files
     "empty_file": Broken(b"", None, "the file is empty"),
     "only_a_bom": Broken(codecs.BOM_UTF8, None, "the file is empty"),
-    "only_blank_lines": Broken(b"\n  \n\t\n\r\n\n", None, "only blank lines"),
-    "binary_png": Broken(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00", 1, "not valid UTF-8"),
-    "binary_gzip": Broken(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03", 1, "not valid UTF-8"),
-    "binary_nul_bytes": Broken(b"\x00" * 64, 1, "not valid JSON"),
+    "only_blank_lines": Broken(
+        b"\n  \n\t\n\r\n\n", None, "the file contains no examples (only blank lines)"
+    ),
+    "binary_png": Broken(
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00", 3, "a NUL byte (byte 9 of the file)"
+    ),
+    "binary_gzip": Broken(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03", 1, "this is a binary file"),
+    "binary_nul_bytes": Broken(b"\x00" * 64, 1, "this is a binary file"),
+    "binary_without_nul_bytes": Broken(b"\xc3\x28\xa0\xa1\xe2\x28\xa1\n", 1, "not valid UTF-8"),
     "invalid_utf8_latin1": after_good(
         '{"messages": [{"role": "user", "content": "café"}]}\n'.encode("latin-1"),
         "not valid UTF-8 (byte 0xe9",
     ),
     "invalid_utf8_truncated_sequence": after_good(b'{"a": "\xe4\xb8"}\n', "not valid UTF-8"),
-    "utf16_file": Broken(
-        (GOOD * MIN_EXAMPLES).decode().encode("utf-16"), 1, "the file looks like UTF-16"
-    ),
+    "utf16_file": Broken((GOOD * MIN_EXAMPLES).decode().encode("utf-16"), 1, "the file is UTF-16"),
     "bom_in_the_middle": after_good(codecs.BOM_UTF8 + GOOD, "byte-order mark (BOM)"),
 }
 
@@ -349,11 +352,14 @@ def test_a_broken_file_is_a_400_naming_line_field_and_reason_and_nothing_is_stor
     assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_file")
     message = error["message"]
     assert message.startswith("Invalid file 'train.jsonl': "), message
-    where = f"line {broken.line}" if broken.line is not None else "the file"
-    if broken.field is not None:
-        where += f", field {broken.field}"
-    assert where in message, message
-    assert broken.reason in message, message
+    if broken.line is None:  # a whole-file problem: the reason alone
+        assert message.startswith(f"Invalid file 'train.jsonl': {broken.reason}"), message
+    else:
+        where = f"line {broken.line}"
+        if broken.field is not None:
+            where += f", field {broken.field}"
+        assert f"Invalid file 'train.jsonl': {where}: " in message, message
+        assert broken.reason in message, message
     assert error["param"] == (broken.field or "file")
     assert len(message) < 1000  # nothing huge (a 5,000-character role) is echoed back
     assert_nothing_stored(session, settings)
