@@ -20,7 +20,9 @@ cli = typer.Typer(
     pretty_exceptions_enable=False,
 )
 db_cli = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
-admin_cli = typer.Typer(help="Tenants and API keys.", no_args_is_help=True)
+admin_cli = typer.Typer(
+    help="Tenants, API keys, the admin key and audit verification.", no_args_is_help=True
+)
 cli.add_typer(db_cli, name="db")
 cli.add_typer(admin_cli, name="admin")
 cli.add_typer(models_app, name="models")
@@ -103,6 +105,42 @@ def create_tenant(name: str) -> None:
         raise typer.Exit(1) from error
     typer.echo(f"tenant {tenant.id} ({tenant.name})", err=True)
     typer.echo(key)
+
+
+@admin_cli.command("create-admin-key")
+def create_admin_key() -> None:
+    """Print a new admin key (stdout, shown only this once) and the SHA-256 to configure."""
+    from app.auth.service import create_admin_key as new_admin_key
+
+    key, sha256 = new_admin_key()
+    typer.echo(f"configure the API with SAFEPATCH_ADMIN_KEY_SHA256={sha256}", err=True)
+    typer.echo(key)
+
+
+@admin_cli.command("audit-verify")
+def audit_verify(
+    anchor_seq: Annotated[
+        int | None, typer.Option(min=1, help="seq of a head kept from an earlier run.")
+    ] = None,
+    anchor_hash: Annotated[str | None, typer.Option(help="That head's hash.")] = None,
+) -> None:
+    """Check the whole audit chain; print the result as JSON; exit 1 if a link is broken."""
+    import json
+
+    from app.audit import service
+    from app.audit.schemas import AuditVerification
+    from app.core.db import session_scope
+    from app.core.errors import AppError
+
+    _setup()
+    try:
+        with session_scope() as session:
+            result = service.verify(session, anchor_seq=anchor_seq, anchor_hash=anchor_hash)
+    except AppError as error:
+        typer.secho(f"error: {error.message}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from error
+    typer.echo(json.dumps(AuditVerification.of(result).model_dump(), indent=2))
+    raise typer.Exit(0 if result.ok else 1)
 
 
 def main() -> None:

@@ -10,9 +10,11 @@ from fastapi import FastAPI
 from app.audit.endpoints import router as audit_router
 from app.core.db import SessionFactory, create_db_engine, create_session_factory
 from app.core.errors import install_error_handlers
+from app.core.limits import RequestGuard
 from app.core.queue import CeleryTaskQueue, TaskQueue, check_broker, create_celery
 from app.core.settings import Settings, get_settings
 from app.files.endpoints import router as files_router
+from app.files.service import upload_body_limit
 from app.health.endpoints import router as health_router
 from app.jobs.endpoints import router as jobs_router
 from app.models.endpoints import router as models_router
@@ -55,6 +57,11 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(
+        RequestGuard,
+        default_limit=settings.max_request_bytes,
+        limits={("POST", "/v1/files"): upload_body_limit(settings)},
+    )
     app.include_router(health_router)
     app.include_router(files_router)
     app.include_router(jobs_router)

@@ -86,6 +86,9 @@ def settings(tmp_path: Path) -> Settings:
         data_dir=tmp_path / "data",
         database_url=None,
         broker_url=None,
+        # Tests upload files of a few examples; the minimum of 10 is tested on its own
+        # (tests/files/test_hostile_uploads.py).
+        upload_min_examples=1,
     )
 
 

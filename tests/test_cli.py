@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import hashlib
+import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,3 +47,33 @@ def test_db_upgrade_then_create_tenant_prints_a_key_once(embedded_env: Path) -> 
     again = runner.invoke(cli, ["admin", "create-tenant", "acme"])
     assert again.exit_code == 1
     assert "already exists" in again.stderr
+
+
+def test_create_admin_key_prints_the_key_and_the_hash_to_configure() -> None:
+    result = runner.invoke(cli, ["admin", "create-admin-key"])
+    assert result.exit_code == 0
+    key = result.stdout.strip()
+    assert key.startswith("spa-") and len(key) == 52
+    assert f"SAFEPATCH_ADMIN_KEY_SHA256={hashlib.sha256(key.encode()).hexdigest()}" in result.stderr
+
+
+def test_audit_verify_exits_1_on_a_broken_chain(embedded_env: Path) -> None:
+    assert runner.invoke(cli, ["db", "upgrade"]).exit_code == 0
+    assert runner.invoke(cli, ["admin", "create-tenant", "acme"]).exit_code == 0
+
+    intact = runner.invoke(cli, ["admin", "audit-verify"])
+    assert intact.exit_code == 0, intact.output
+    report = json.loads(intact.stdout)
+    assert (report["ok"], report["checked"], report["head"]["seq"]) == (True, 2, 2)
+    anchor = ["--anchor-seq", "2", "--anchor-hash", report["head"]["hash"]]
+    assert runner.invoke(cli, ["admin", "audit-verify", *anchor]).exit_code == 0
+
+    with sqlite3.connect(embedded_env / "safepatch.db") as connection:
+        connection.execute("DROP TRIGGER audit_records_no_update")
+        connection.execute("UPDATE audit_records SET actor = 'mallory' WHERE seq = 1")
+    broken = runner.invoke(cli, ["admin", "audit-verify"])
+    assert broken.exit_code == 1
+    assert json.loads(broken.stdout)["first_broken"]["seq"] == 1
+
+    half = runner.invoke(cli, ["admin", "audit-verify", "--anchor-seq", "2"])
+    assert half.exit_code == 2 and "needs both" in half.stderr

@@ -9,6 +9,7 @@ def test_openapi_documents_every_endpoint(client: TestClient) -> None:
         "/healthz",
         "/readyz",
         "/v1/audit",
+        "/v1/audit/verify",
         "/v1/files",
         "/v1/files/{file_id}",
         "/v1/files/{file_id}/content",

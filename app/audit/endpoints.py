@@ -6,8 +6,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from app.audit import service
-from app.audit.schemas import AuditRecordList, AuditRecordRead
-from app.auth.dependencies import AuthDep
+from app.audit.schemas import AuditRecordList, AuditRecordRead, AuditVerification
+from app.auth.dependencies import AdminDep, AuthDep
 from app.core.dependencies import SessionDep
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
@@ -45,3 +45,18 @@ def list_audit_records(
         limit=limit,
     )
     return AuditRecordList(data=[AuditRecordRead.of(r) for r in records], has_more=has_more)
+
+
+@router.get("/verify", response_model=AuditVerification)
+def verify_audit_chain(
+    _admin: AdminDep,
+    session: SessionDep,
+    anchor_seq: Annotated[int | None, Query(ge=1, description="seq of a kept head.")] = None,
+    anchor_hash: Annotated[
+        str | None, Query(pattern="^[0-9a-f]{64}$", description="Its hash.")
+    ] = None,
+) -> AuditVerification:
+    """Check the whole, global chain and report its first broken link. Admin key only: the
+    chain spans every tenant, so a tenant's key would learn the others' record counts."""
+    result = service.verify(session, anchor_seq=anchor_seq, anchor_hash=anchor_hash)
+    return AuditVerification.of(result)

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from app.audit.service import ChainVerification
 from app.db.models import AuditRecord
 
 
@@ -47,3 +48,37 @@ class AuditRecordList(BaseModel):
     object: Literal["list"] = "list"
     data: list[AuditRecordRead]
     has_more: bool
+
+
+class AuditLink(BaseModel):
+    seq: int
+    hash: str
+
+
+class AuditBrokenLink(BaseModel):
+    seq: int
+    id: str | None
+    reason: str
+
+
+class AuditVerification(BaseModel):
+    """The result of checking the whole chain; keep ``head`` to pass back as the next anchor."""
+
+    object: Literal["audit.verification"] = "audit.verification"
+    ok: bool
+    checked: int
+    first_broken: AuditBrokenLink | None
+    head: AuditLink | None
+
+    @classmethod
+    def of(cls, result: ChainVerification) -> AuditVerification:
+        broken = result.first_broken
+        head = result.head
+        return cls(
+            ok=result.ok,
+            checked=result.checked,
+            first_broken=AuditBrokenLink(seq=broken.seq, id=broken.id, reason=broken.reason)
+            if broken
+            else None,
+            head=AuditLink(seq=head.seq, hash=head.hash) if head else None,
+        )

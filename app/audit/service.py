@@ -2,7 +2,16 @@
 
 Each record stores the hash of the one before it, so editing or removing any record breaks every
 hash after it (``verify_chain`` finds where). The chain is global, not per tenant: one ordering of
-everything that happened, which is what an auditor replays.
+everything that happened, which is what an auditor replays. A per-tenant chain would let each
+tenant check its own records, but deleting a tenant's records wholesale (or the records of no
+tenant: the operator's own actions) would leave no gap anywhere, and a tenant could not check
+the operator anyway. So verification belongs to the operator and the auditor: the admin-only
+``GET /v1/audit/verify`` and ``safepatch admin audit-verify``, never a tenant's key, which would
+learn from ``checked`` how busy the other tenants are.
+
+What the chain cannot show by itself: whoever can write the table can also recompute every hash
+after an edit, or drop the newest records. An *anchor*, the head's (seq, hash) as reported by an
+earlier verification and kept outside the database, closes that gap up to the anchored record.
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -85,18 +95,95 @@ def record(
     raise AssertionError("unreachable")
 
 
-def verify_chain(session: Session) -> int | None:
-    """The ``seq`` of the first record that doesn't fit the chain, or None if it is intact."""
-    expected_prev, expected_seq = GENESIS_HASH, 1
-    for entry in repository.iterate_chain(session):
-        if (
-            entry.seq != expected_seq
-            or entry.prev_hash != expected_prev
-            or entry.hash != record_hash(entry)
-        ):
-            return entry.seq
-        expected_prev, expected_seq = entry.hash, entry.seq + 1
+@dataclass(frozen=True)
+class Anchor:
+    """A link the verifier saw before, kept outside the database: (seq, hash) of a record."""
+
+    seq: int
+    hash: str
+
+
+@dataclass(frozen=True)
+class BrokenLink:
+    """Where the chain stops holding: the record (None if it is missing) and why."""
+
+    seq: int
+    id: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class ChainVerification:
+    """``checked``: records read, up to and including the first broken one; ``head``: the last
+    intact record, the anchor to keep for the next verification."""
+
+    checked: int
+    first_broken: BrokenLink | None
+    head: Anchor | None
+
+    @property
+    def ok(self) -> bool:
+        return self.first_broken is None
+
+
+def _link_problem(entry: AuditRecord, expected_seq: int, expected_prev: str) -> str | None:
+    """Why ``entry`` is not the next link of the chain, or None."""
+    if entry.seq != expected_seq:
+        return (
+            f"seq {entry.seq} follows seq {expected_seq - 1}: "
+            f"record {expected_seq} is missing (deleted or renumbered)"
+        )
+    if entry.prev_hash != expected_prev:
+        previous = "the genesis hash" if expected_seq == 1 else f"the hash of seq {entry.seq - 1}"
+        return f"prev_hash is not {previous}: a record was removed, reordered or inserted before it"
+    if entry.hash != record_hash(entry):
+        return "hash does not match the record's content: the record was altered"
     return None
+
+
+def _anchor_problem(entry: AuditRecord, anchor: Anchor | None) -> str | None:
+    if anchor is None or entry.seq != anchor.seq or entry.hash == anchor.hash:
+        return None
+    return f"hash differs from the anchor ({anchor.hash[:16]}...): the chain was rewritten"
+
+
+def verify_chain(session: Session, *, anchor: Anchor | None = None) -> ChainVerification:
+    """Check every link from the genesis hash on and report the first broken one.
+
+    With an ``anchor`` the record at ``anchor.seq`` must still exist and carry ``anchor.hash``,
+    which also catches a chain rewritten with recomputed hashes, or cut short, up to the anchor.
+    """
+    expected_prev, expected_seq, checked = GENESIS_HASH, 1, 0
+    head: Anchor | None = None
+    for entry in repository.iterate_chain(session):
+        checked += 1
+        reason = _link_problem(entry, expected_seq, expected_prev) or _anchor_problem(entry, anchor)
+        if reason is not None:
+            return ChainVerification(checked, BrokenLink(entry.seq, entry.id, reason), head)
+        head = Anchor(entry.seq, entry.hash)
+        expected_prev, expected_seq = entry.hash, entry.seq + 1
+    if anchor is not None and (head is None or head.seq < anchor.seq):
+        last = head.seq if head is not None else 0
+        reason = f"missing: the chain ends at seq {last}, before the anchored record"
+        return ChainVerification(checked, BrokenLink(anchor.seq, None, reason), head)
+    return ChainVerification(checked, None, head)
+
+
+def verify(
+    session: Session, *, anchor_seq: int | None = None, anchor_hash: str | None = None
+) -> ChainVerification:
+    """``verify_chain`` for a caller that gives the anchor as two optional values."""
+    if (anchor_seq is None) != (anchor_hash is None):
+        missing = "anchor_hash" if anchor_hash is None else "anchor_seq"
+        raise InvalidRequest(
+            "An anchor needs both 'anchor_seq' and 'anchor_hash'.",
+            param=missing,
+            code="missing_required_parameter",
+        )
+    anchor = None
+    if anchor_seq is not None and anchor_hash is not None:
+        anchor = Anchor(anchor_seq, anchor_hash)
+    return verify_chain(session, anchor=anchor)
 
 
 def list_records(

@@ -5,8 +5,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.auth import service
-from app.auth.service import AuthContext
-from app.core.dependencies import SessionDep
+from app.auth.service import AdminContext, AuthContext
+from app.core.dependencies import SessionDep, SettingsDep
 from app.core.errors import AuthenticationFailed
 
 MISSING_KEY_MESSAGE = (
@@ -15,13 +15,25 @@ MISSING_KEY_MESSAGE = (
 )
 
 
-def get_auth(request: Request, session: SessionDep) -> AuthContext:
-    """Authenticate ``Authorization: Bearer sp-...``."""
+def _bearer_token(request: Request) -> str:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise AuthenticationFailed(MISSING_KEY_MESSAGE, code="missing_api_key")
-    return service.authenticate(session, token=token)
+    return token
+
+
+def get_auth(request: Request, session: SessionDep) -> AuthContext:
+    """Authenticate ``Authorization: Bearer sp-...``."""
+    return service.authenticate(session, token=_bearer_token(request))
+
+
+def get_admin(request: Request, settings: SettingsDep) -> AdminContext:
+    """Authenticate the operator's ``Authorization: Bearer spa-...``."""
+    return service.authenticate_admin(
+        _bearer_token(request), admin_key_sha256=settings.admin_key_sha256
+    )
 
 
 AuthDep = Annotated[AuthContext, Depends(get_auth)]
+AdminDep = Annotated[AdminContext, Depends(get_admin)]

@@ -2,22 +2,28 @@
 
 A plain hash is enough (no salt, no slow KDF): the keys are random and long, so there is nothing
 to brute-force, and a hash lookup keeps authentication one indexed query.
+
+The operator's admin key (``spa-`` + 48) belongs to no tenant and lives in no table: only its
+SHA-256 is configured (``SAFEPATCH_ADMIN_KEY_SHA256``), so whoever can read or write the database
+still cannot mint one. It opens the admin endpoints (audit verification) and nothing else.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.auth import repository
-from app.core.errors import AuthenticationFailed, Conflict
+from app.core.errors import AuthenticationFailed, Conflict, PermissionDenied
 from app.core.ids import random_token
 from app.db.models import APIKey, Tenant
 
 KEY_PREFIX = "sp-"
+ADMIN_KEY_PREFIX = "spa-"
 KEY_RANDOM_LENGTH = 48
 DISPLAY_PREFIX_LENGTH = 8  # "sp-" + 5 characters: enough to tell a tenant's keys apart
 
@@ -92,3 +98,31 @@ def authenticate(session: Session, *, token: str) -> AuthContext:
         raise AuthenticationFailed(f"Incorrect API key provided: {shown}.")
     api_key, tenant = found
     return AuthContext(tenant=tenant, api_key=api_key)
+
+
+@dataclass(frozen=True)
+class AdminContext:
+    """The operator, authenticated with the admin key."""
+
+    @property
+    def actor(self) -> str:
+        return "admin"
+
+
+def create_admin_key() -> tuple[str, str]:
+    """A new admin key and the SHA-256 to configure; the plaintext is shown once, never stored."""
+    plaintext = ADMIN_KEY_PREFIX + random_token(KEY_RANDOM_LENGTH)
+    return plaintext, hash_key(plaintext)
+
+
+def authenticate_admin(token: str, *, admin_key_sha256: str | None) -> AdminContext:
+    """The operator, if ``token`` is the configured admin key; a tenant's key is a 403."""
+    if not token.startswith(ADMIN_KEY_PREFIX):
+        raise PermissionDenied(
+            "This endpoint is for the operator and needs the admin key (spa-...); "
+            "a tenant's API key cannot use it.",
+            code="admin_key_required",
+        )
+    if admin_key_sha256 is None or not hmac.compare_digest(hash_key(token), admin_key_sha256):
+        raise AuthenticationFailed("Incorrect admin key provided.")
+    return AdminContext()

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from app.core.db import SessionFactory, discard_after_commit, run_after_commit
+from app.core.errors import UnsupportedMediaType
 from app.core.queue import TaskQueue
 from app.core.settings import Settings
 
@@ -40,8 +41,24 @@ def get_app_settings(request: Request) -> Settings:
     return settings
 
 
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+def require_form(request: Request) -> None:
+    """415 unless the body is a form: an upload sent as JSON or as raw bytes would otherwise
+    read as an empty form, and the client would hear only that the file is missing."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.partition(";")[0].strip().lower() not in FORM_TYPES:
+        shown = repr(content_type[:100]) if content_type else "none"
+        raise UnsupportedMediaType(
+            f"Unsupported Content-Type {shown}: upload files as multipart/form-data "
+            "with a 'file' part and a 'purpose' field."
+        )
+
+
 # scope="function": the session closes (and commits) *before* the response is sent, so a failed
 # commit becomes an error response, and a client never reads a 200 for data not yet committed.
 SessionDep = Annotated[Session, Depends(get_db_session, scope="function")]
 TaskQueueDep = Annotated[TaskQueue, Depends(get_task_queue)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+FormDep = Annotated[None, Depends(require_form)]

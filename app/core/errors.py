@@ -67,16 +67,33 @@ class Conflict(AppError):
     type = "invalid_request_error"
 
 
+class PayloadTooLarge(AppError):
+    status_code = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(AppError):
+    status_code = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
 def error_body(
     message: str, type: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
-async def app_error_handler(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, AppError)
+def error_response(exc: AppError) -> JSONResponse:
+    """The one error body, for handlers and for middleware that answers before routing."""
     body = error_body(exc.message, exc.type, exc.param, exc.code)
     return JSONResponse(body, status_code=exc.status_code)
+
+
+async def app_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AppError)
+    return error_response(exc)
 
 
 def _param(error: Any) -> str | None:
@@ -105,7 +122,25 @@ def _most_useful(errors: Sequence[Any]) -> Any:
     return first
 
 
-async def validation_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+def _body_problem(request: Request, error: Any, kind: str, detail: str) -> str:
+    """What is wrong with the body as a whole: not JSON, or JSON that is not an object."""
+    if kind == "json_invalid":
+        reason = (error.get("ctx") or {}).get("error", "could not parse")
+        loc = error.get("loc", ())
+        at = f" at character {loc[-1]}" if loc and isinstance(loc[-1], int) else ""
+        return f"not valid JSON ({reason}{at})"
+    if kind == "missing":
+        return "expected a JSON object, got an empty body"
+    if kind in ("model_attributes_type", "dict_type"):
+        content_type = request.headers.get("content-type", "")
+        if "json" not in content_type:
+            shown = repr(content_type) if content_type else "none"
+            return f"expected a JSON object with Content-Type application/json (got {shown})"
+        return "expected a JSON object"
+    return detail
+
+
+async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
     """422 from FastAPI becomes OpenAI's 400, naming the offending parameter."""
     assert isinstance(exc, RequestValidationError)
     error = _most_useful(exc.errors()) if exc.errors() else {}
@@ -113,6 +148,7 @@ async def validation_error_handler(_request: Request, exc: Exception) -> JSONRes
     param = None if kind == "json_invalid" else _param(error)
     detail = str(error.get("msg", "could not parse")).removeprefix("Value error, ")
     if param is None:
+        detail = _body_problem(request, error, kind, detail)
         message, code = f"Invalid request body: {detail}.", "invalid_request_body"
     elif kind == "missing":
         message, code = f"Missing required parameter: '{param}'.", "missing_required_parameter"

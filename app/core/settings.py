@@ -38,8 +38,36 @@ class Settings(BaseSettings):
     job_lease_s: int = Field(
         900, description="A running job whose worker stopped renewing this long is taken over."
     )
+    # Hostile input (docs/reliability.md): every limit answers a 4xx that names it.
+    max_upload_bytes: int = Field(
+        512 * 1024 * 1024, ge=1, description="Largest file POST /v1/files takes (else 413)."
+    )
+    max_request_bytes: int = Field(
+        1024 * 1024, ge=1, description="Largest body of any other request (else 413)."
+    )
+    upload_max_examples: int = Field(100_000, ge=1, description="Examples per uploaded file.")
+    upload_min_examples: int = Field(
+        10, ge=1, description="Fewest examples per uploaded file (OpenAI's minimum)."
+    )
+    upload_max_line_bytes: int = Field(
+        1_000_000, ge=1, description="Bytes per line (one example) of an uploaded file."
+    )
+    upload_max_example_tokens: int = Field(
+        32_768,
+        ge=1,
+        description="Tokens per example, bounded from above by UTF-8 bytes plus a template "
+        "allowance (workers.datasets.example_token_bound).",
+    )
+    admin_key_sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="SHA-256 (hex) of the operator's admin key, from `safepatch admin "
+        "create-admin-key`; unset: the admin endpoints refuse every caller.",
+    )
 
-    @field_validator("database_url", "broker_url", "result_backend", mode="before")
+    @field_validator(
+        "database_url", "broker_url", "result_backend", "admin_key_sha256", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         # `SAFEPATCH_DATABASE_URL=` in the environment must mean "embedded", even over a .env file.

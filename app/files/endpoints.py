@@ -7,7 +7,7 @@ from fastapi import File as FormFile
 from fastapi.responses import Response
 
 from app.auth.dependencies import AuthDep
-from app.core.dependencies import SessionDep, SettingsDep
+from app.core.dependencies import FormDep, SessionDep, SettingsDep
 from app.files import service
 from app.files.schemas import FileDeleted, FileList, FileRead
 
@@ -21,10 +21,14 @@ def upload_file(
     file: Annotated[UploadFile, FormFile(description="Chat JSONL, one example per line.")],
     purpose: Annotated[str, Form(description="Only 'fine-tune'.")],
     auth: AuthDep,
+    _form: FormDep,
     session: SessionDep,
     settings: SettingsDep,
 ) -> FileRead:
-    """Upload a fine-tuning dataset; it is validated line by line before it is stored."""
+    """Upload a fine-tuning dataset; it is validated line by line before it is stored.
+
+    A body over ``SAFEPATCH_MAX_UPLOAD_BYTES`` is refused (413) before it is read
+    (``app.core.limits``)."""
     data = file.file.read()
     stored = service.create(
         session,

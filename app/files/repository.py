@@ -9,6 +9,8 @@ from app.db.models import File
 
 
 def get_for_tenant(session: Session, tenant_id: str, file_id: str) -> File | None:
+    if "\x00" in file_id:  # no id has one, and PostgreSQL can't compare text containing NUL
+        return None
     statement = select(File).where(File.id == file_id, File.tenant_id == tenant_id)
     return session.scalars(statement).first()
 

@@ -13,16 +13,21 @@ from sqlalchemy.orm import Session
 from app.audit import service as audit
 from app.auth.service import AuthContext
 from app.core.db import after_commit
-from app.core.errors import InvalidRequest, NotFound
+from app.core.errors import InvalidRequest, NotFound, PayloadTooLarge
 from app.core.settings import Settings
 from app.db.models import File, FileStatus
 from app.files import repository
 from workers.datasets import DatasetError, validate_chat_bytes
 
 PURPOSES = ("fine-tune",)
-# An upload is read into memory to hash and validate it; OpenAI's limit for fine-tune files is
-# far larger, but a CPU/one-GPU service has no use for more than this.
-MAX_FILE_BYTES = 512 * 1024 * 1024
+# The multipart envelope around the file: boundaries, part headers and the purpose field.
+MULTIPART_ALLOWANCE = 64 * 1024
+MAX_FILENAME_CHARS = 255  # files.filename is VARCHAR(255)
+
+
+def upload_body_limit(settings: Settings) -> int:
+    """The largest POST /v1/files body ``app.core.limits`` lets through."""
+    return settings.max_upload_bytes + MULTIPART_ALLOWANCE
 
 
 def blob_path(settings: Settings, sha256: str) -> Path:
@@ -45,9 +50,40 @@ def _store(path: Path, data: bytes) -> None:
         raise
 
 
-def _validation_message(filename: str, error: DatasetError) -> str:
-    where = f"line {error.line}" if error.line is not None else "the file"
-    return f"Invalid file '{filename}': {where}: {error.reason}"
+def _check_filename(filename: str) -> None:
+    if len(filename) > MAX_FILENAME_CHARS:
+        raise InvalidRequest(
+            f"Invalid file name: at most {MAX_FILENAME_CHARS} characters, got {len(filename)}.",
+            param="file",
+            code="invalid_filename",
+        )
+    if not filename.isprintable():
+        raise InvalidRequest(
+            f"Invalid file name {filename!r}: control characters are not allowed.",
+            param="file",
+            code="invalid_filename",
+        )
+
+
+def _validate(settings: Settings, filename: str, data: bytes) -> int:
+    """Check the chat JSONL against the configured limits; the number of examples."""
+    try:
+        conversations = validate_chat_bytes(
+            data,
+            filename,
+            max_examples=settings.upload_max_examples,
+            min_examples=settings.upload_min_examples,
+            max_line_bytes=settings.upload_max_line_bytes,
+            max_example_tokens=settings.upload_max_example_tokens,
+        )
+    except DatasetError as error:
+        # e.g. "Invalid file 'train.jsonl': line 3, field messages[1].role: expected one of ..."
+        raise InvalidRequest(
+            f"Invalid file '{filename}': {error.describe()}",
+            param=error.field or "file",
+            code="invalid_file",
+        ) from error
+    return len(conversations)
 
 
 def create(
@@ -66,18 +102,13 @@ def create(
             param="purpose",
             code="invalid_value",
         )
-    if len(data) > MAX_FILE_BYTES:
-        raise InvalidRequest(
-            f"File is too large: {len(data)} bytes (at most {MAX_FILE_BYTES}).", param="file"
+    if len(data) > settings.max_upload_bytes:
+        raise PayloadTooLarge(
+            f"File is too large: {len(data)} bytes, the limit is {settings.max_upload_bytes}.",
+            param="file",
         )
-    try:
-        conversations = validate_chat_bytes(data, filename)
-    except DatasetError as error:
-        raise InvalidRequest(
-            _validation_message(filename, error),
-            param=error.field or "file",
-            code="invalid_file",
-        ) from error
+    _check_filename(filename)
+    examples = _validate(settings, filename, data)
     sha256 = hashlib.sha256(data).hexdigest()
     path = blob_path(settings, sha256)
     _store(path, data)
@@ -104,7 +135,7 @@ def create(
             "purpose": purpose,
             "bytes": len(data),
             "sha256": sha256,
-            "examples": len(conversations),
+            "examples": examples,
         },
     )
     return file

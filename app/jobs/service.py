@@ -93,7 +93,8 @@ def _check_file(session: Session, auth: AuthContext, file_id: str, *, param: str
 
 def _check_model(session: Session, model: str) -> None:
     """Only registered base models can be fine-tuned (400 naming the ones that can)."""
-    if models_repository.get_base(session, model) is None:
+    # PostgreSQL can't compare text containing NUL (a 500); no model's name has one.
+    if "\x00" in model or models_repository.get_base(session, model) is None:
         names = [base.name for base in models_repository.list_base(session)]
         available = ", ".join(names) if names else "none are registered yet"
         raise InvalidRequest(
@@ -103,11 +104,22 @@ def _check_model(session: Session, model: str) -> None:
         )
 
 
+def _check_metadata(metadata: dict[str, str] | None) -> None:
+    """PostgreSQL's JSONB refuses NUL characters (a 500 at the insert otherwise)."""
+    if metadata and any("\x00" in key or "\x00" in value for key, value in metadata.items()):
+        raise InvalidRequest(
+            "Invalid value for 'metadata': NUL characters are not allowed.",
+            param="metadata",
+            code="invalid_value",
+        )
+
+
 def create(
     session: Session, *, auth: AuthContext, job_create: JobCreate, queue: TaskQueue
 ) -> FineTuningJob:
     """Create a job and enqueue it once the request's transaction has committed."""
     _check_model(session, job_create.model)
+    _check_metadata(job_create.metadata)
     _check_file(session, auth, job_create.training_file, param="training_file")
     if job_create.validation_file is not None:
         _check_file(session, auth, job_create.validation_file, param="validation_file")

@@ -34,7 +34,9 @@ def test_records_form_a_chain_that_verifies(session: Session) -> None:
     assert records[0].prev_hash == audit.GENESIS_HASH
     assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(records))
     session.expire_all()  # verify what the database returns, not the objects we hold
-    assert audit.verify_chain(session) is None
+    result = audit.verify_chain(session)
+    assert (result.ok, result.checked, result.first_broken) == (True, 4, None)
+    assert result.head == audit.Anchor(4, records[-1].hash)
 
 
 def test_the_database_refuses_updates_and_deletes(session: Session) -> None:
@@ -58,7 +60,8 @@ def test_verify_finds_the_first_tampered_record(
         session.execute(text("DROP TRIGGER audit_records_no_update"))
     session.execute(text("UPDATE audit_records SET actor = 'mallory' WHERE seq = 2"))
     session.expire_all()
-    assert audit.verify_chain(session) == 2
+    broken = audit.verify_chain(session).first_broken
+    assert broken is not None and broken.seq == 2
 
 
 def test_a_writer_that_lost_the_race_retries_on_the_new_head(
