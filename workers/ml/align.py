@@ -23,7 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from workers.datasets import Prompt
 from workers.ml.chat import EncodedExample, encode_conversation, single_turn
 from workers.ml.device import Placement, select_placement
-from workers.ml.finetune import FineTuneConfig, FineTuneResult, OnStep, fine_tune
+from workers.ml.finetune import FineTuneConfig, FineTuneResult, OnEpochEnd, OnStep, fine_tune
 from workers.ml.generation import generate_for_prompts
 
 
@@ -58,6 +58,7 @@ def align(
     *,
     placement: Placement | None = None,
     on_step: OnStep | None = None,
+    on_epoch_end: OnEpochEnd | None = None,
     on_phase: Callable[[str], None] | None = None,
     answer_cache: Path | None = None,
 ) -> tuple[PreTrainedModel, AlignResult]:
@@ -65,6 +66,7 @@ def align(
 
     ``answer_cache`` (a JSON file keyed by prompt) saves the raw model's answers, the slowest
     part on a CPU, so re-aligning with other hyperparameters does not regenerate them.
+    ``on_epoch_end`` sees the model after each epoch (``fine_tune``'s hook).
     """
     placement = placement or select_placement()
     missing = [prompt.id for prompt in harmful if not prompt.refusal]
@@ -72,23 +74,7 @@ def align(
         raise ValueError(f"harmful alignment prompts without a refusal: {', '.join(missing[:5])}")
 
     started = time.perf_counter()
-    answers = _cached_answers(answer_cache, benign)
-    if answers is None:
-        if on_phase:
-            on_phase(f"answering {len(benign)} benign prompts with the raw model")
-        answers = generate_for_prompts(
-            model,
-            tokenizer,
-            [prompt.prompt for prompt in benign],
-            max_new_tokens=config.answer_tokens,
-            batch_size=16,
-            placement=placement,
-        )
-        if answer_cache is not None:
-            answer_cache.parent.mkdir(parents=True, exist_ok=True)
-            answer_cache.write_text(
-                json.dumps(dict(zip([p.prompt for p in benign], answers, strict=True)))
-            )
+    answers = _own_answers(model, tokenizer, benign, config, placement, answer_cache, on_phase)
     answer_seconds = time.perf_counter() - started
 
     examples: list[EncodedExample] = [
@@ -116,6 +102,7 @@ def align(
         pad_token_id=int(tokenizer.pad_token_id),
         placement=placement,
         on_step=on_step,
+        on_epoch_end=on_epoch_end,
     )
     result = AlignResult(
         n_refusals=len(harmful),
@@ -126,12 +113,39 @@ def align(
     return model, result
 
 
-def _cached_answers(cache: Path | None, benign: Sequence[Prompt]) -> list[str] | None:
-    if cache is None or not cache.is_file():
-        return None
-    stored: dict[str, str] = json.loads(cache.read_text())
-    if any(prompt.prompt not in stored for prompt in benign):
-        return None
+def _own_answers(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    benign: Sequence[Prompt],
+    config: AlignConfig,
+    placement: Placement,
+    cache: Path | None,
+    on_phase: Callable[[str], None] | None,
+) -> list[str]:
+    """The raw model's greedy answers to ``benign``; only prompts missing from the cache are
+    generated, so adding prompts to the alignment set does not regenerate the others."""
+    stored: dict[str, str] = {}
+    if cache is not None and cache.is_file():
+        content = json.loads(cache.read_text())
+        if content.get("answer_tokens") == config.answer_tokens:
+            stored = content["answers"]
+    missing = sorted({prompt.prompt for prompt in benign} - stored.keys())
+    if missing:
+        if on_phase:
+            on_phase(f"answering {len(missing)} benign prompts with the raw model")
+        answers = generate_for_prompts(
+            model,
+            tokenizer,
+            missing,
+            max_new_tokens=config.answer_tokens,
+            batch_size=16,
+            placement=placement,
+        )
+        stored |= dict(zip(missing, answers, strict=True))
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            payload = {"answer_tokens": config.answer_tokens, "answers": stored}
+            cache.write_text(json.dumps(payload, ensure_ascii=False, indent=0))
     return [stored[prompt.prompt] for prompt in benign]
 
 
