@@ -44,3 +44,16 @@ def test_db_upgrade_then_create_tenant_prints_a_key_once(embedded_env: Path) -> 
     again = runner.invoke(cli, ["admin", "create-tenant", "acme"])
     assert again.exit_code == 1
     assert "already exists" in again.stderr
+
+
+def test_revoke_key_revokes_by_id(embedded_env: Path) -> None:
+    assert runner.invoke(cli, ["db", "upgrade"]).exit_code == 0
+    created = runner.invoke(cli, ["admin", "create-tenant", "acme"])
+    key_id = created.stderr.split("key ")[-1].strip()
+    assert key_id.startswith("key-"), created.stderr
+
+    revoked = runner.invoke(cli, ["admin", "revoke-key", key_id])
+    assert revoked.exit_code == 0, revoked.output
+    assert f"revoked {key_id}" in revoked.stderr
+    missing = runner.invoke(cli, ["admin", "revoke-key", "key-missing"])
+    assert missing.exit_code == 1 and "does not exist" in missing.stderr

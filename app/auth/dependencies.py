@@ -21,7 +21,8 @@ def get_auth(request: Request, session: SessionDep) -> AuthContext:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise AuthenticationFailed(MISSING_KEY_MESSAGE, code="missing_api_key")
-    return service.authenticate(session, token=token)
+    client = request.client.host if request.client is not None else None
+    return service.authenticate(session, token=token, client=client)
 
 
 AuthDep = Annotated[AuthContext, Depends(get_auth)]
