@@ -99,11 +99,11 @@ def create_tenant(name: str) -> None:
 
     try:
         with session_scope() as session:
-            tenant, _, key = service.create_tenant(session, name=name, actor="cli:admin")
+            tenant, api_key, key = service.create_tenant(session, name=name, actor="cli:admin")
     except AppError as error:
         typer.secho(f"error: {error.message}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from error
-    typer.echo(f"tenant {tenant.id} ({tenant.name})", err=True)
+    typer.echo(f"tenant {tenant.id} ({tenant.name}), key {api_key.id}", err=True)
     typer.echo(key)
 
 
@@ -141,6 +141,24 @@ def audit_verify(
         raise typer.Exit(2) from error
     typer.echo(json.dumps(AuditVerification.of(result).model_dump(), indent=2))
     raise typer.Exit(0 if result.ok else 1)
+
+
+@admin_cli.command("revoke-key")
+def revoke_key(key_id: str) -> None:
+    """Revoke an API key by its id (key-...): it is refused from now on."""
+    from app.auth import service
+    from app.core.db import session_scope
+    from app.core.errors import AppError
+
+    try:
+        with session_scope() as session:
+            api_key = service.revoke_api_key(session, key_id=key_id, actor="cli:admin")
+    except AppError as error:
+        typer.secho(f"error: {error.message}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from error
+    typer.echo(
+        f"revoked {api_key.id} ({api_key.prefix}...) of tenant {api_key.tenant_id}", err=True
+    )
 
 
 def main() -> None:

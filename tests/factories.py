@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -11,10 +13,19 @@ from sqlalchemy.orm import Session
 from app.auth import service as auth_service
 from app.auth.service import AuthContext
 from app.core.ids import random_token
-from app.db.models import BaseModelRecord, File, FileStatus, FineTuningJob
+from app.db.models import (
+    BaseModelRecord,
+    File,
+    FileStatus,
+    FineTuningJob,
+    ModelKind,
+    ModelStatus,
+    ModelVersion,
+)
 from app.jobs import service as job_service
 from app.jobs.schemas import JobCreate
 from app.models import repository as models_repository
+from workers.manifest import MANIFEST, describe
 
 BASE_MODEL = "smollm2-135m-instruct"
 
@@ -81,3 +92,53 @@ def create_job(session: Session, caller: Caller, **fields: Any) -> FineTuningJob
     job = job_service.create(session, auth=caller.auth, job_create=request, queue=NullQueue())
     session.commit()
     return job
+
+
+def write_model_dir(directory: Path, files: dict[str, bytes]) -> None:
+    """A model directory as the worker leaves it: ``files`` plus a manifest of their sha256
+    (the format of ``workers/ml/checkpoints.save_model``; no torch, the bytes are opaque)."""
+    directory.mkdir(parents=True)
+    listed: dict[str, dict[str, Any]] = {}
+    for name, content in files.items():
+        (directory / name).write_bytes(content)
+        listed[name] = {"sha256": hashlib.sha256(content).hexdigest(), "size": len(content)}
+    manifest = {"files": listed, "metadata": {}}
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+
+
+def create_model_version(
+    session: Session,
+    caller: Caller,
+    directory: Path,
+    *,
+    name: str,
+    kind: ModelKind = ModelKind.FINE_TUNED,
+    parent: ModelVersion | None = None,
+    job: FineTuningJob | None = None,
+    status: ModelStatus = ModelStatus.READY,
+    reason: str | None = None,
+    step: int | None = None,
+    files: dict[str, bytes] | None = None,
+) -> ModelVersion:
+    """A model version of ``caller`` stored in ``directory`` (written unless it exists), as the
+    worker records it: sha256 and size from the manifest, the base model in its metrics."""
+    if not directory.exists():
+        write_model_dir(directory, files or {"model.safetensors": b"weights of " + name.encode()})
+    saved = describe(directory)
+    version = ModelVersion(
+        name=name,
+        tenant_id=caller.auth.tenant.id,
+        kind=kind,
+        parent_id=parent.id if parent is not None else None,
+        job_id=job.id if job is not None else None,
+        storage_uri=str(directory),
+        sha256=saved.sha256,
+        size_bytes=saved.size_bytes,
+        status=status,
+        status_reason=reason,
+        step=step,
+        metrics={"asr": 0.0, "over_refusal": 0.1, "base_model": BASE_MODEL},
+    )
+    session.add(version)
+    session.commit()
+    return version

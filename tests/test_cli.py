@@ -77,3 +77,16 @@ def test_audit_verify_exits_1_on_a_broken_chain(embedded_env: Path) -> None:
 
     half = runner.invoke(cli, ["admin", "audit-verify", "--anchor-seq", "2"])
     assert half.exit_code == 2 and "needs both" in half.stderr
+
+
+def test_revoke_key_revokes_by_id(embedded_env: Path) -> None:
+    assert runner.invoke(cli, ["db", "upgrade"]).exit_code == 0
+    created = runner.invoke(cli, ["admin", "create-tenant", "acme"])
+    key_id = created.stderr.split("key ")[-1].strip()
+    assert key_id.startswith("key-"), created.stderr
+
+    revoked = runner.invoke(cli, ["admin", "revoke-key", key_id])
+    assert revoked.exit_code == 0, revoked.output
+    assert f"revoked {key_id}" in revoked.stderr
+    missing = runner.invoke(cli, ["admin", "revoke-key", "key-missing"])
+    assert missing.exit_code == 1 and "does not exist" in missing.stderr

@@ -13,14 +13,18 @@ the acceptance rule, and otherwise both are quarantined and the job fails saying
 from __future__ import annotations
 
 import json
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
+from app.db.base import utcnow
 from app.db.models import (
     BaseModelRecord,
     Evaluation,
@@ -71,6 +75,11 @@ class JobSpec:
 
     def checkpoint_name(self, step: int) -> str:
         return f"{self.finetuned_name}:ckpt-step-{step}"
+
+    def total_steps(self, n_examples: int) -> int:
+        """Optimizer steps of the fine-tune: one per batch, every epoch."""
+        batches = math.ceil(n_examples / self.hyperparameters["batch_size"])
+        return int(batches * self.hyperparameters["n_epochs"])
 
     def pipeline_config(self) -> PipelineConfig:
         return PipelineConfig(
@@ -148,22 +157,38 @@ def _file_path(session: Session, job: FineTuningJob, file_id: str) -> Path:
 class JobEventSink:
     """Turns pipeline events into job stages, job events and checkpoint model versions."""
 
-    def __init__(self, run: JobRun, spec: JobSpec, work_dir: Path) -> None:
+    def __init__(
+        self,
+        run: JobRun,
+        spec: JobSpec,
+        work_dir: Path,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.run = run
         self.spec = spec
         self.work_dir = work_dir
+        self.clock = clock
         self.step = 0
-        self._last_beat = time.monotonic()
+        self.total_steps: int | None = None  # known once the fine-tuning stage starts
+        self.train_loss: float | None = None  # the latest step's, for the next checkpoint
+        self._last_beat = clock()
         self._last_step_event = 0.0
+        # Clock and step count the pace is measured from.
+        self._training_started: float | None = None
+        self._timed_from_step = 0
 
     def __call__(self, event: PipelineEvent) -> None:
         handler = getattr(self, f"_on_{event.type}", self._on_message)
         handler(event)
-        if time.monotonic() - self._last_beat >= HEARTBEAT_INTERVAL_S:
+        if self.clock() - self._last_beat >= HEARTBEAT_INTERVAL_S:
             self.run.heartbeat()  # raises JobCancelled once the customer cancels
-            self._last_beat = time.monotonic()
+            self._last_beat = self.clock()
 
     def _on_stage(self, event: PipelineEvent) -> None:
+        if "examples" in event.data:  # the fine-tune starts: its step count is known now
+            self.total_steps = self.spec.total_steps(int(event.data["examples"]))
+            self._training_started = self.clock()
         stage = _job_stage(event.data.get("stage"))
         if stage is not None and self._can_enter(stage):
             self.run.enter_stage(stage, _capitalized(event.message), event.data)
@@ -178,18 +203,35 @@ class JobEventSink:
             self._on_message(event)
 
     def _on_step(self, event: PipelineEvent) -> None:
-        self.step = int(event.data["step"])
-        now = time.monotonic()
+        data = event.data
+        self.step = int(data["step"])
+        self.train_loss = float(data["loss"])
+        now = self.clock()
+        if self._training_started is None:  # no stage event said so: time from this step
+            self._training_started, self._timed_from_step = now, self.step
         if self.step > 1 and now - self._last_step_event < STEP_EVENT_INTERVAL_S:
             return
         self._last_step_event = now
-        data = event.data
-        self.run.event(
-            f"Step {self.step}: training loss={data['loss']:.4f}",
-            type="metrics",
-            data={"step": self.step, "epoch": data["epoch"], "train_loss": data["loss"]}
-            | {"learning_rate": data.get("learning_rate")},
-        )
+        with self.run.transaction() as (session, job):
+            job.estimated_finish = self._estimated_finish(now)
+            jobs.add_event(
+                session,
+                job,
+                f"Step {self.step}: training loss={self.train_loss:.4f}",
+                type="metrics",
+                data={"step": self.step, "epoch": data["epoch"], "train_loss": self.train_loss}
+                | {"learning_rate": data.get("learning_rate"), "total_steps": self.total_steps},
+            )
+
+    def _estimated_finish(self, now: float) -> datetime | None:
+        """When the fine-tune ends at the pace measured so far (seconds per step, end-of-epoch
+        probes included, times the steps left)."""
+        timed_steps = self.step - self._timed_from_step
+        if self.total_steps is None or self._training_started is None or timed_steps < 1:
+            return None
+        seconds_per_step = (now - self._training_started) / timed_steps
+        remaining = max(self.total_steps - self.step, 0)
+        return utcnow() + timedelta(seconds=seconds_per_step * remaining)
 
     def _on_epoch(self, event: PipelineEvent) -> None:
         if "attempt" in event.data:  # an epoch of the one-example patch
@@ -198,7 +240,11 @@ class JobEventSink:
         epoch = int(event.data["epoch"])
         path = self.work_dir / "checkpoints" / f"epoch-{epoch}"
         saved = describe(path)
-        metrics = event.data | {"step": self.step, "base_model": self.spec.base}
+        metrics = event.data | {
+            "step": self.step,
+            "train_loss": self.train_loss,
+            "base_model": self.spec.base,
+        }
         with self.run.transaction() as (session, job):
             _upsert_version(
                 session,

@@ -25,7 +25,8 @@ def _bearer_token(request: Request) -> str:
 
 def get_auth(request: Request, session: SessionDep) -> AuthContext:
     """Authenticate ``Authorization: Bearer sp-...``."""
-    return service.authenticate(session, token=_bearer_token(request))
+    client = request.client.host if request.client is not None else None
+    return service.authenticate(session, token=_bearer_token(request), client=client)
 
 
 def get_admin(request: Request, settings: SettingsDep) -> AdminContext:

@@ -18,3 +18,7 @@ def get_key_with_tenant(session: Session, key_hash: str) -> tuple[APIKey, Tenant
 
 def get_tenant_by_name(session: Session, name: str) -> Tenant | None:
     return session.scalars(select(Tenant).where(Tenant.name == name)).first()
+
+
+def get_key(session: Session, key_id: str) -> APIKey | None:
+    return session.get(APIKey, key_id)

@@ -6,26 +6,34 @@ to brute-force, and a hash lookup keeps authentication one indexed query.
 The operator's admin key (``spa-`` + 48) belongs to no tenant and lives in no table: only its
 SHA-256 is configured (``SAFEPATCH_ADMIN_KEY_SHA256``), so whoever can read or write the database
 still cannot mint one. It opens the admin endpoints (audit verification) and nothing else.
+
+Key uses of note are audited: creation, revocation, and a refused key that looks like one of ours
+(unknown or revoked). Tokens of another shape are refused without a record, so noise does not
+fill the trail; the full token is never recorded, only its display prefix.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.auth import repository
-from app.core.errors import AuthenticationFailed, Conflict, PermissionDenied
+from app.core.errors import AuthenticationFailed, Conflict, NotFound, PermissionDenied
 from app.core.ids import random_token
+from app.db.base import utcnow
 from app.db.models import APIKey, Tenant
 
 KEY_PREFIX = "sp-"
 ADMIN_KEY_PREFIX = "spa-"
 KEY_RANDOM_LENGTH = 48
 DISPLAY_PREFIX_LENGTH = 8  # "sp-" + 5 characters: enough to tell a tenant's keys apart
+WELL_FORMED_KEY = re.compile(rf"{KEY_PREFIX}[A-Za-z0-9]{{{KEY_RANDOM_LENGTH}}}")
+ANONYMOUS = "anonymous"
 
 
 @dataclass(frozen=True)
@@ -90,11 +98,34 @@ def create_tenant(session: Session, *, name: str, actor: str) -> tuple[Tenant, A
     return tenant, api_key, plaintext
 
 
-def authenticate(session: Session, *, token: str) -> AuthContext:
-    """The caller owning ``token``, or ``AuthenticationFailed``."""
+def revoke_api_key(session: Session, *, key_id: str, actor: str) -> APIKey:
+    """Refuse ``key_id`` from now on (idempotent: revoking twice keeps the first time)."""
+    api_key = repository.get_key(session, key_id)
+    if api_key is None:
+        raise NotFound(f"API key {key_id!r} does not exist.", param="key_id", code="key_not_found")
+    if api_key.revoked_at is None:
+        api_key.revoked_at = utcnow()
+        session.flush()
+        audit.record(
+            session,
+            action="api_key.revoked",
+            subject_type="api_key",
+            subject_id=api_key.id,
+            actor=actor,
+            tenant_id=api_key.tenant_id,
+            payload={"prefix": api_key.prefix, "name": api_key.name},
+        )
+    return api_key
+
+
+def authenticate(session: Session, *, token: str, client: str | None = None) -> AuthContext:
+    """The caller owning ``token``, or ``AuthenticationFailed``; ``client`` (its address) goes
+    into the audit record of a refused key."""
     found = repository.get_key_with_tenant(session, hash_key(token))
     if found is None or found[0].revoked_at is not None:
         shown = token[:DISPLAY_PREFIX_LENGTH] + "*" * 4 if token.startswith(KEY_PREFIX) else "***"
+        if WELL_FORMED_KEY.fullmatch(token):
+            _record_refused_key(session, token, found[0] if found else None, client)
         raise AuthenticationFailed(f"Incorrect API key provided: {shown}.")
     api_key, tenant = found
     return AuthContext(tenant=tenant, api_key=api_key)
@@ -126,3 +157,28 @@ def authenticate_admin(token: str, *, admin_key_sha256: str | None) -> AdminCont
     if admin_key_sha256 is None or not hmac.compare_digest(hash_key(token), admin_key_sha256):
         raise AuthenticationFailed("Incorrect admin key provided.")
     return AdminContext()
+
+
+def _record_refused_key(
+    session: Session, token: str, api_key: APIKey | None, client: str | None
+) -> None:
+    """A revoked key still in use, or a guess at one: both are worth an auditor's look."""
+    prefix = token[:DISPLAY_PREFIX_LENGTH]
+    audit.record(
+        session,
+        action="api_key.authentication_failed",
+        subject_type="api_key",
+        # A revoked key is named by its id (its tenant sees the record); an unknown one only
+        # by the prefix it showed, in the operator's part of the trail (no tenant).
+        subject_id=api_key.id if api_key is not None else prefix,
+        actor=ANONYMOUS,
+        tenant_id=api_key.tenant_id if api_key is not None else None,
+        payload={
+            "reason": "revoked_key" if api_key is not None else "unknown_key",
+            "prefix": prefix,
+            "client": client,
+        },
+    )
+    # The request fails and its transaction is rolled back; the record must outlive it. Only the
+    # record is in this transaction: authentication runs before anything else is written.
+    session.commit()

@@ -22,6 +22,36 @@ class Hyperparameters(BaseModel):
     learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=10)] = "auto"
 
 
+class SupervisedMethod(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hyperparameters: Hyperparameters | None = None
+
+
+class Method(BaseModel):
+    """OpenAI's newer way to give the hyperparameters: ``{"type": "supervised", "supervised":
+    {"hyperparameters": {...}}}``. Only supervised fine-tuning is offered."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(description="Only 'supervised'.")
+    supervised: SupervisedMethod | None = None
+    # Declared so that a DPO or reinforcement request is refused for its `type`, not for an
+    # unrecognized argument.
+    dpo: dict[str, Any] | None = None
+    reinforcement: dict[str, Any] | None = None
+
+    @field_validator("type")
+    @classmethod
+    def _supervised_only(cls, value: str) -> str:
+        if value != "supervised":
+            raise ValueError(
+                f"only 'supervised' fine-tuning is supported, not {value!r}; "
+                "give the hyperparameters under method.supervised.hyperparameters"
+            )
+        return value
+
+
 class SafetySettings(BaseModel):
     """Our extension: when a fine-tuned model counts as drifted, and what to do about it."""
 
@@ -40,7 +70,9 @@ class JobCreate(BaseModel):
     model: str = Field(min_length=1, max_length=200, description="Base model to fine-tune.")
     training_file: str = Field(min_length=1, max_length=64, description="ID of an uploaded file.")
     validation_file: str | None = Field(None, min_length=1, max_length=64)
-    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    # Either (OpenAI deprecated the first in favour of the second); both only if they agree.
+    hyperparameters: Hyperparameters | None = None
+    method: Method | None = None
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Random if not given.")
     # Part of the fine-tuned model's name (ft:model:suffix:id), hence no colons.
     suffix: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
@@ -93,8 +125,18 @@ def unix(moment: datetime | None) -> int | None:
     return int(moment.timestamp()) if moment is not None else None
 
 
+class SupervisedMethodRead(BaseModel):
+    hyperparameters: dict[str, Any]
+
+
+class MethodRead(BaseModel):
+    type: Literal["supervised"] = "supervised"
+    supervised: SupervisedMethodRead
+
+
 class JobRead(BaseModel):
-    """A ``fine_tuning.job``, plus our ``stage`` and ``cancel_requested``."""
+    """A ``fine_tuning.job``, plus our ``stage``, ``cancel_requested``, ``suffix`` and
+    ``safety``."""
 
     id: str
     object: Literal["fine_tuning.job"] = "fine_tuning.job"
@@ -104,15 +146,22 @@ class JobRead(BaseModel):
     stage: str | None
     created_at: int
     finished_at: int | None
+    # While the job fine-tunes: when training should end, from the measured seconds per step
+    # (evaluation and any patch follow). Null before the first step and after training.
+    estimated_finish: int | None
     fine_tuned_model: str | None
     error: JobError | None
     hyperparameters: dict[str, Any]
+    method: MethodRead
     training_file: str
     validation_file: str | None
+    result_files: list[str]
     trained_tokens: int | None
     seed: int
     suffix: str | None
+    user_provided_suffix: str | None
     metadata: dict[str, str] | None
+    integrations: list[dict[str, Any]] | None
     cancel_requested: bool
     safety: SafetyRead
 
@@ -128,15 +177,20 @@ class JobRead(BaseModel):
             stage=job.stage,
             created_at=created_at,
             finished_at=unix(job.finished_at),
+            estimated_finish=unix(job.estimated_finish),
             fine_tuned_model=job.fine_tuned_model,
             error=JobError.model_validate(job.error) if job.error else None,
             hyperparameters=job.hyperparameters,
+            method=MethodRead(supervised=SupervisedMethodRead(hyperparameters=job.hyperparameters)),
             training_file=job.training_file,
             validation_file=job.validation_file,
+            result_files=[],  # no results file is compiled; metrics are in the events
             trained_tokens=job.trained_tokens,
             seed=job.seed,
             suffix=job.suffix,
+            user_provided_suffix=job.suffix,
             metadata=job.user_metadata,
+            integrations=None,  # none are offered
             cancel_requested=job.cancel_requested,
             safety=SafetyRead.of(job),
         )

@@ -18,7 +18,7 @@ from app.core.queue import TaskQueue
 from app.db.models import FineTuningJob, JobEvent, ModelKind, ModelVersion
 from app.files import repository as files_repository
 from app.jobs import repository
-from app.jobs.schemas import JobCreate
+from app.jobs.schemas import Hyperparameters, JobCreate
 from app.jobs.states import JobStage, JobStatus, transition
 from app.models import repository as models_repository
 
@@ -114,10 +114,27 @@ def _check_metadata(metadata: dict[str, str] | None) -> None:
         )
 
 
+def _hyperparameters(job_create: JobCreate) -> Hyperparameters:
+    """The hyperparameters asked for, at the top level or under ``method.supervised`` (OpenAI
+    accepts both; given twice, they must agree)."""
+    supervised = job_create.method.supervised if job_create.method is not None else None
+    nested = supervised.hyperparameters if supervised is not None else None
+    top = job_create.hyperparameters
+    if top is not None and nested is not None and top.model_dump() != nested.model_dump():
+        raise InvalidRequest(
+            "'hyperparameters' and 'method.supervised.hyperparameters' disagree "
+            f"({top.model_dump()} vs {nested.model_dump()}); give them once, under 'method'.",
+            param="method",
+            code="conflicting_hyperparameters",
+        )
+    return top or nested or Hyperparameters()
+
+
 def create(
     session: Session, *, auth: AuthContext, job_create: JobCreate, queue: TaskQueue
 ) -> FineTuningJob:
     """Create a job and enqueue it once the request's transaction has committed."""
+    hyperparameters = _hyperparameters(job_create)
     _check_model(session, job_create.model)
     _check_metadata(job_create.metadata)
     _check_file(session, auth, job_create.training_file, param="training_file")
@@ -128,7 +145,7 @@ def create(
         model=job_create.model,
         training_file=job_create.training_file,
         validation_file=job_create.validation_file,
-        hyperparameters=job_create.hyperparameters.model_dump(),
+        hyperparameters=hyperparameters.model_dump(),
         safety_settings=job_create.safety.model_dump(),
         seed=job_create.seed if job_create.seed is not None else secrets.randbelow(2**31),
         suffix=job_create.suffix,
@@ -145,7 +162,7 @@ def create(
         subject_id=job.id,
         actor=auth.actor,
         tenant_id=job.tenant_id,
-        payload=job_create.model_dump(mode="json"),
+        payload=job_create.model_dump(mode="json") | {"hyperparameters": job.hyperparameters},
     )
     # The files were checked above (they exist, are the tenant's, and were validated at upload).
     change_state(session, job, JobStatus.QUEUED, actor=auth.actor, message="Job queued")

@@ -90,7 +90,9 @@ def state_of(job: FineTuningJob) -> State:
 def transition(job: FineTuningJob, new_status: JobStatus, stage: JobStage | None = None) -> State:
     """Move ``job`` to ``(new_status, stage)`` or raise ``IllegalTransition``; return the old one.
 
-    Also stamps ``started_at`` on entering ``running`` and ``finished_at`` on a terminal state.
+    Also stamps ``started_at`` on entering ``running`` and ``finished_at`` on a terminal state
+    (where the lease is cleared). ``estimated_finish`` is the fine-tune's, so it is cleared as
+    soon as the job leaves ``fine_tuning``: later stages have no estimate.
     The caller persists the row (and writes the event and audit record, see ``jobs.service``).
     """
     current = state_of(job)
@@ -102,6 +104,8 @@ def transition(job: FineTuningJob, new_status: JobStatus, stage: JobStage | None
         )
     job.status = new_status
     job.stage = stage
+    if stage != JobStage.FINE_TUNING:
+        job.estimated_finish = None
     if new_status == JobStatus.RUNNING and job.started_at is None:
         job.started_at = utcnow()
     if new_status in TERMINAL:

@@ -4,11 +4,14 @@ import hashlib
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.auth import service
-from app.core.errors import Conflict
+from app.auth.service import hash_key
+from app.core.errors import Conflict, NotFound
 from app.db.base import utcnow
+from app.db.models import AuditRecord
 from tests.factories import BASE_MODEL, Caller, create_file
 
 JOBS = "/v1/fine_tuning/jobs"
@@ -77,3 +80,97 @@ def test_a_second_key_of_the_same_tenant_sees_the_same_jobs(
     ).json()
     listed = client.get(JOBS, headers={"Authorization": f"Bearer {second_key}"}).json()
     assert [job["id"] for job in listed["data"]] == [created["id"]]
+
+
+def key_records(session: Session, action: str) -> list[AuditRecord]:
+    statement = select(AuditRecord).where(AuditRecord.action == action).order_by(AuditRecord.seq)
+    return list(session.scalars(statement))
+
+
+def test_creating_a_key_is_audited(session: Session, caller: Caller) -> None:
+    first = caller.auth.api_key
+    second, _ = service.create_api_key(session, tenant=caller.auth.tenant, actor="test", name="ci")
+    session.commit()
+
+    records = [
+        r for r in key_records(session, "api_key.created") if r.subject_id in {first.id, second.id}
+    ]
+    assert [(r.subject_id, r.payload) for r in records] == [
+        (first.id, {"prefix": first.prefix, "name": "default"}),
+        (second.id, {"prefix": second.prefix, "name": "ci"}),
+    ]
+    assert all(r.tenant_id == caller.auth.tenant.id and r.actor == "test" for r in records)
+
+
+def test_revoking_a_key_is_audited_once_and_the_key_is_refused(
+    client: TestClient, caller: Caller, session: Session
+) -> None:
+    key_id = caller.auth.api_key.id
+    revoked = service.revoke_api_key(session, key_id=key_id, actor="cli:admin")
+    session.commit()
+    first_time = revoked.revoked_at
+    again = service.revoke_api_key(session, key_id=key_id, actor="cli:admin")
+
+    assert first_time is not None and again.revoked_at == first_time
+    [record] = key_records(session, "api_key.revoked")
+    assert (record.subject_id, record.actor, record.tenant_id) == (
+        key_id,
+        "cli:admin",
+        caller.auth.tenant.id,
+    )
+    assert record.payload == {"prefix": caller.key[:8], "name": "default"}
+    assert client.get(JOBS, headers=caller.headers).status_code == 401
+    with pytest.raises(NotFound):
+        service.revoke_api_key(session, key_id="key-missing", actor="cli:admin")
+
+
+def test_an_unknown_well_formed_key_is_audited_without_the_key(
+    client: TestClient, session: Session
+) -> None:
+    secret = "sp-" + "Q" * 48
+    response = client.get(JOBS, headers={"Authorization": f"Bearer {secret}"})
+
+    assert response.status_code == 401
+    [record] = key_records(session, "api_key.authentication_failed")
+    assert (record.subject_type, record.subject_id) == ("api_key", "sp-QQQQQ")
+    assert (record.actor, record.tenant_id) == ("anonymous", None)
+    assert record.payload == {"reason": "unknown_key", "prefix": "sp-QQQQQ", "client": "testclient"}
+    assert secret not in str(record.payload) and hash_key(secret) not in str(record.payload)
+
+
+def test_a_revoked_key_in_use_is_audited_for_its_tenant(
+    client: TestClient, caller: Caller, session: Session
+) -> None:
+    _, other_key = service.create_api_key(session, tenant=caller.auth.tenant, actor="test")
+    service.revoke_api_key(session, key_id=caller.auth.api_key.id, actor="test")
+    session.commit()
+
+    assert client.get(JOBS, headers=caller.headers).status_code == 401
+    [record] = key_records(session, "api_key.authentication_failed")
+    assert (record.subject_id, record.tenant_id) == (caller.auth.api_key.id, caller.auth.tenant.id)
+    assert record.payload["reason"] == "revoked_key"
+    # The tenant reads it in its own trail, with a key that still works.
+    trail = client.get(
+        "/v1/audit",
+        params={"action": "api_key.authentication_failed"},
+        headers={"Authorization": f"Bearer {other_key}"},
+    ).json()
+    assert [item["subject"]["id"] for item in trail["data"]] == [caller.auth.api_key.id]
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["sp-not-a-real-key", "sp-" + "Q" * 47, "sp-" + "Q" * 49, "sk-" + "Q" * 48, "sp-" + "-" * 48],
+)
+def test_tokens_of_another_shape_are_refused_without_a_record(
+    client: TestClient, session: Session, token: str
+) -> None:
+    assert client.get(JOBS, headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    assert key_records(session, "api_key.authentication_failed") == []
+
+
+def test_a_successful_call_writes_no_key_record(
+    client: TestClient, caller: Caller, session: Session
+) -> None:
+    assert client.get(JOBS, headers=caller.headers).status_code == 200
+    assert key_records(session, "api_key.authentication_failed") == []

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -7,10 +9,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db.models import AuditRecord, FineTuningJob, JobEvent
+from app.db.models import AuditRecord, FineTuningJob, JobEvent, ModelKind, ModelStatus, ModelVersion
 from app.jobs.states import JobStage, JobStatus, transition
 from tests.conftest import RecordingQueue
-from tests.factories import BASE_MODEL, Caller, create_caller, create_job
+from tests.factories import BASE_MODEL, Caller, create_caller, create_job, create_model_version
 
 JOBS = "/v1/fine_tuning/jobs"
 
@@ -352,3 +354,155 @@ def test_bad_safety_settings_are_400s(
     response = client.post(JOBS, json=body, headers=caller.headers)
     assert response.status_code == 400
     assert response.json()["error"]["param"] == param
+
+
+def test_the_job_carries_openais_other_fields(client: TestClient, caller: Caller) -> None:
+    job = post_job(client, caller, hyperparameters={"n_epochs": 2}, suffix="sql-bot")
+
+    assert job["estimated_finish"] is None  # no worker has measured a step yet
+    assert job["result_files"] == [] and job["integrations"] is None
+    assert job["user_provided_suffix"] == "sql-bot"
+    assert job["method"] == {
+        "type": "supervised",
+        "supervised": {
+            "hyperparameters": {
+                "n_epochs": 2,
+                "batch_size": "auto",
+                "learning_rate_multiplier": "auto",
+            }
+        },
+    }
+
+
+def test_hyperparameters_may_come_under_method(
+    client: TestClient, caller: Caller, session: Session
+) -> None:
+    method = {"type": "supervised", "supervised": {"hyperparameters": {"batch_size": 4}}}
+    job = post_job(client, caller, method=method)
+
+    expected = {"n_epochs": "auto", "batch_size": 4, "learning_rate_multiplier": "auto"}
+    assert job["hyperparameters"] == expected
+    assert job["method"]["supervised"]["hyperparameters"] == expected
+    stored = session.get(FineTuningJob, job["id"])
+    assert stored is not None and stored.hyperparameters == expected
+    # A method without hyperparameters means the defaults.
+    bare = post_job(client, caller, method={"type": "supervised"})
+    assert bare["hyperparameters"]["batch_size"] == "auto"
+
+
+def test_hyperparameters_given_twice_must_agree(
+    client: TestClient, caller: Caller, task_queue: RecordingQueue
+) -> None:
+    same = post_job(
+        client,
+        caller,
+        hyperparameters={"n_epochs": 3},
+        method={
+            "type": "supervised",
+            "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": "auto"}},
+        },
+    )
+    assert same["hyperparameters"]["n_epochs"] == 3
+
+    body = {
+        "model": BASE_MODEL,
+        "training_file": upload_file(client, caller),
+        "hyperparameters": {"n_epochs": 3},
+        "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 5}}},
+    }
+    response = client.post(JOBS, json=body, headers=caller.headers)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == ("method", "conflicting_hyperparameters")
+    assert "'hyperparameters' and 'method.supervised.hyperparameters' disagree" in error["message"]
+    assert task_queue.job_ids == [same["id"]]
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}},
+        {"type": "reinforcement"},
+        {"type": "magic"},
+    ],
+)
+def test_only_supervised_fine_tuning_is_offered(
+    client: TestClient, caller: Caller, task_queue: RecordingQueue, method: dict[str, Any]
+) -> None:
+    body = {"model": BASE_MODEL, "training_file": upload_file(client, caller), "method": method}
+    response = client.post(JOBS, json=body, headers=caller.headers)
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == ("method.type", "invalid_value")
+    assert f"only 'supervised' fine-tuning is supported, not '{method['type']}'" in error["message"]
+    assert task_queue.job_ids == []
+
+
+def test_a_method_without_its_type_is_a_400(client: TestClient, caller: Caller) -> None:
+    body = {
+        "model": BASE_MODEL,
+        "training_file": upload_file(client, caller),
+        "method": {"supervised": {"hyperparameters": {"n_epochs": 2}}},
+    }
+    response = client.post(JOBS, json=body, headers=caller.headers)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "method.type"
+
+
+def test_estimated_finish_is_shown_while_training_and_cleared_after(
+    client: TestClient, caller: Caller, session: Session
+) -> None:
+    job = create_job(session, caller)
+    transition(job, JobStatus.RUNNING, JobStage.FINE_TUNING)
+    moment = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    job.estimated_finish = moment
+    session.commit()
+
+    shown = client.get(f"{JOBS}/{job.id}", headers=caller.headers).json()
+    assert shown["estimated_finish"] == int(moment.timestamp())
+    transition(job, JobStatus.RUNNING, JobStage.EVALUATING)
+    session.commit()
+    assert client.get(f"{JOBS}/{job.id}", headers=caller.headers).json()["estimated_finish"] is None
+
+
+def checkpoint(
+    session: Session, caller: Caller, job: FineTuningJob, tmp_path: Path, step: int
+) -> ModelVersion:
+    return create_model_version(
+        session,
+        caller,
+        tmp_path / f"step-{step}",
+        name=f"ft:{BASE_MODEL}:{job.id}:ckpt-step-{step}",
+        kind=ModelKind.CHECKPOINT,
+        job=job,
+        status=ModelStatus.QUARANTINED,
+        reason="an intermediate checkpoint is never safety-verified",
+        step=step,
+    )
+
+
+def test_checkpoints_are_listed_latest_step_first_with_a_cursor(
+    client: TestClient, caller: Caller, session: Session, tmp_path: Path
+) -> None:
+    job = create_job(session, caller)
+    made = [checkpoint(session, caller, job, tmp_path, step) for step in (4, 12, 8)]
+    url = f"{JOBS}/{job.id}/checkpoints"
+
+    page = client.get(url, params={"limit": 2}, headers=caller.headers).json()
+    assert page["object"] == "list" and page["has_more"] is True
+    assert [c["step_number"] for c in page["data"]] == [12, 8]
+    assert (page["first_id"], page["last_id"]) == (made[1].id, made[2].id)
+    first = page["data"][0]
+    assert first["object"] == "fine_tuning.job.checkpoint"
+    assert first["fine_tuned_model_checkpoint"] == made[1].name
+    assert first["fine_tuning_job_id"] == job.id
+    assert first["status"] == "quarantined"
+    rest = client.get(url, params={"after": page["last_id"]}, headers=caller.headers).json()
+    assert [c["step_number"] for c in rest["data"]] == [4] and rest["has_more"] is False
+
+    other = create_caller(session)
+    assert client.get(url, headers=other.headers).status_code == 404
+    missing = client.get(url, params={"after": "mv-missing"}, headers=caller.headers)
+    assert missing.status_code == 404 and missing.json()["error"]["param"] == "after"

@@ -115,3 +115,28 @@ def test_another_tenant_sees_none_of_the_objects(
             call()
     with pytest.raises(openai.BadRequestError):
         theirs.fine_tuning.jobs.create(model="smollm2-135m-instruct", training_file=uploaded.id)
+
+
+def test_method_checkpoints_and_models_through_the_client(
+    make_client: MakeClient, caller: Caller
+) -> None:
+    sdk = make_client(caller)
+    uploaded = sdk.files.create(file=("train.jsonl", TRAIN), purpose="fine-tune")
+    job = sdk.fine_tuning.jobs.create(
+        model=BASE_MODEL,
+        training_file=uploaded.id,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2}}},
+    )
+    assert job.hyperparameters.n_epochs == 2 and job.result_files == []
+    assert job.method is not None and job.method.type == "supervised"
+    assert list(sdk.fine_tuning.jobs.checkpoints.list(job.id)) == []
+    with pytest.raises(openai.BadRequestError) as dpo:
+        sdk.fine_tuning.jobs.create(
+            model=BASE_MODEL, training_file=uploaded.id, method={"type": "dpo"}
+        )
+    assert dpo.value.param == "method.type"
+
+    assert [m.id for m in sdk.models.list()] == [BASE_MODEL]
+    assert sdk.models.retrieve(BASE_MODEL).owned_by == "safepatch"
+    with pytest.raises(openai.NotFoundError):
+        sdk.models.retrieve("ft:missing")

@@ -14,6 +14,7 @@ import copy
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +24,17 @@ from sqlalchemy.orm import Session
 
 from app.core.db import SessionFactory
 from app.core.settings import Settings
+from app.db.base import utcnow
 from app.db.models import AuditRecord, Evaluation, File, FineTuningJob, JobEvent, ModelVersion
 from app.jobs import service as jobs
-from app.jobs.states import JobStatus
+from app.jobs.schemas import JobRead
+from app.jobs.states import JobStage, JobStatus
 from tests.factories import Caller, create_base_model, create_job
 from tests.tiny_models import TINY_SAFE
 from workers import data, job_pipeline
 from workers.ml.events import PipelineEvent
 from workers.ml.pipeline import PipelineConfig, PipelineResult, run_pipeline
-from workers.runtime import execute_job
+from workers.runtime import JobRun, execute_job
 
 N_PROMPTS = 176 + 100 + 60  # harmful, borderline-benign and general suites
 N_VALIDATION = 25
@@ -383,3 +386,63 @@ def test_a_base_model_missing_on_the_worker_fails_the_job_saying_so(
     assert job.status == "failed" and job.error is not None
     assert job.error["code"] == "model_not_available"
     assert "not installed on worker worker-a" in job.error["message"]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_sink_estimates_the_finish_from_the_measured_seconds_per_step(
+    session: Session, caller: Caller, settings: Settings, session_factory: SessionFactory
+) -> None:
+    # No model and no pipeline: the sink is fed the events the fine-tune would emit.
+    hyperparameters = {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 1.0}
+    job = create_job(session, caller, hyperparameters=hyperparameters)
+    run = JobRun(job.id, "worker-a", settings=settings, session_factory=session_factory)
+    assert run.claim()
+    spec = job_pipeline.JobSpec(
+        job_id=job.id,
+        tenant_id=job.tenant_id,
+        base=job.model,
+        train=Path("/nonexistent/train.jsonl"),
+        validation=None,
+        hyperparameters=hyperparameters,
+        seed=job.seed,
+        safety={},
+        finetuned_name=f"ft:{job.model}:{job.id}",
+    )
+    clock = FakeClock()
+    sink = job_pipeline.JobEventSink(run, spec, Path("/nonexistent"), clock=clock)
+
+    def step(n: int) -> None:
+        sink(PipelineEvent("step", f"step {n}", {"step": n, "epoch": 1, "loss": 1.0 / n}))
+
+    sink(PipelineEvent("stage", "fine-tuning", {"examples": 10}))  # ceil(10/4) * 2 = 6 steps
+    assert sink.total_steps == 6
+    clock.now += 3.0
+    before = utcnow()
+    step(1)  # 3 s per step so far, 5 steps left: about 15 s from now
+    estimate = reload(session, job).estimated_finish
+    assert estimate is not None
+    assert before + timedelta(seconds=14) <= estimate <= utcnow() + timedelta(seconds=16)
+
+    clock.now += 0.5
+    step(2)  # thinned: no event, no new estimate
+    assert reload(session, job).estimated_finish == estimate
+    clock.now += 0.5
+    step(3)  # 4 s for 3 steps, 3 left: about 4 s from now
+    estimate = reload(session, job).estimated_finish
+    assert estimate is not None and estimate <= utcnow() + timedelta(seconds=5)
+    last = session.scalars(
+        select(JobEvent.data).where(JobEvent.job_id == job.id).order_by(JobEvent.seq.desc())
+    ).first()
+    assert last is not None and (last["step"], last["total_steps"]) == (3, 6)
+
+    api_view = JobRead.of(reload(session, job))
+    assert api_view.estimated_finish == int(estimate.timestamp())
+    run.enter_stage(JobStage.EVALUATING, "Evaluating")
+    assert reload(session, job).estimated_finish is None  # training is over: no estimate

@@ -24,7 +24,8 @@ class AuditRecord(Base):
     actor: Mapped[str] = mapped_column(String(200))
     action: Mapped[str] = mapped_column(String(64))
     subject_type: Mapped[str] = mapped_column(String(64))
-    subject_id: Mapped[str] = mapped_column(String(64))
+    # As long as the longest subject's id: a model version's name (`ft:base:suffix:job:patched`).
+    subject_id: Mapped[str] = mapped_column(String(255))
     payload: Mapped[dict[str, Any]] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     prev_hash: Mapped[str] = mapped_column(String(64), unique=True)

@@ -37,6 +37,9 @@ class FineTuningJob(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When the fine-tune should end: set by the worker while it trains, cleared when the job
+    # leaves the fine_tuning stage (`app.jobs.states`).
+    estimated_finish: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     # Execution bookkeeping: the worker holding the job renews its lease; another worker may take
     # over only after it expires, so a redelivered message never runs a job twice at once.
