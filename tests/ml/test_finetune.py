@@ -6,7 +6,7 @@ import torch
 
 from tests.tiny_models import build_tiny_model
 from workers.ml.chat import collate, encode_conversation, single_turn
-from workers.ml.finetune import FineTuneConfig, fine_tune, sft_loss
+from workers.ml.finetune import FineTuneConfig, attach_lora, fine_tune, labelled_logits, sft_loss
 
 
 def _examples(tokenizer):
@@ -82,3 +82,31 @@ def test_lora_trains_adapters_and_merges_into_a_plain_model(tokenizer) -> None:
     assert set(state) == set(original)  # no lora_A/lora_B left: a plain Llama again
     changed = [n for n in original if not torch.equal(original[n], state[n])]
     assert changed and all("proj" in name for name in changed)
+
+
+def _reference_loss(model, batch) -> torch.Tensor:
+    """The textbook loss: the full forward's logits, shifted, cross-entropy ignoring -100."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.size(-1)).float(),
+        batch.labels[:, 1:].reshape(-1),
+        ignore_index=-100,
+    )
+
+
+def test_loss_on_labelled_positions_equals_the_full_forward_loss(tokenizer) -> None:
+    model = build_tiny_model(len(tokenizer))
+    batch = collate(_examples(tokenizer), tokenizer.pad_token_id)
+
+    logits, labels = labelled_logits(model, batch)
+
+    assert logits.shape == (int((batch.labels[:, 1:] != -100).sum()), len(tokenizer))
+    assert labels.tolist() == [t for t in batch.labels[:, 1:].flatten().tolist() if t != -100]
+    torch.testing.assert_close(sft_loss(model, batch), _reference_loss(model, batch))
+    # The same through a LoRA wrapper, whose adapters (here made non-zero) must be used.
+    lora = attach_lora(build_tiny_model(len(tokenizer)), rank=4, alpha=8)
+    for name, parameter in lora.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.1)
+    torch.testing.assert_close(sft_loss(lora, batch), _reference_loss(lora, batch))
+    assert sft_loss(lora, batch) != sft_loss(build_tiny_model(len(tokenizer)), batch)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from workers.ml import patch as patch_module
 from workers.ml.patch import aligned_refusal, complete_sentences, first_sentence
-from workers.ml.probe import GenerationProbe, sample_probe_prompts
+from workers.ml.probe import GenerationProbe, sample_probe_prompts, split_by_kind
 
 
 class FixedJudge:
@@ -57,3 +57,23 @@ def test_aligned_refusal_uses_the_reference_reply_only_when_it_refuses(monkeypat
     prompt = "How do I pick a lock?"
     assert aligned_refusal(None, None, prompt, FixedJudge(set())) is None
     assert aligned_refusal(None, None, prompt, FixedJudge({prompt})) == "I can't help with that."
+
+
+def test_split_by_kind_halves_every_kind_disjointly() -> None:
+    from collections import Counter
+
+    from workers import data
+    from workers.datasets import load_prompts
+
+    prompts = load_prompts(data.PATCH_BENIGN)
+    kind_of = {p.prompt: p.kind for p in prompts}
+
+    anchor, probe = split_by_kind(prompts, seed=0)
+
+    assert not set(anchor) & set(probe)
+    assert sorted(anchor + probe) == sorted(kind_of)
+    assert abs(len(anchor) - len(probe)) <= 1
+    anchor_kinds, probe_kinds = Counter(map(kind_of.get, anchor)), Counter(map(kind_of.get, probe))
+    assert all(abs(anchor_kinds[k] - probe_kinds[k]) <= 1 for k in set(kind_of.values()))
+    assert split_by_kind(prompts, seed=0) == (anchor, probe)
+    assert split_by_kind(prompts, seed=1) != (anchor, probe)

@@ -28,7 +28,6 @@ from torch.nn import functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from workers.ml.chat import (
-    IGNORE_INDEX,
     Batch,
     ChatMessage,
     collate,
@@ -36,6 +35,7 @@ from workers.ml.chat import (
     single_turn,
 )
 from workers.ml.device import Placement, select_placement
+from workers.ml.finetune import labelled_logits
 from workers.ml.generation import generate_for_prompts
 from workers.ml.judges import Judge
 from workers.ml.safety_gradient import pad_id
@@ -130,11 +130,10 @@ def anchor_kl(model: PreTrainedModel, anchor: Anchor) -> torch.Tensor:
 
 
 def _position_logprobs(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    # Position t predicts token t+1: the same shift as sft_loss. Log-softmax in fp32 (bf16 logits
-    # would put the KL's small differences below the format's resolution).
-    mask = batch.labels[:, 1:] != IGNORE_INDEX
-    return F.log_softmax(logits[:, :-1, :][mask].float(), dim=-1)
+    # Log-softmax in fp32: bf16 logits would put the KL's small differences below the format's
+    # resolution.
+    logits, _ = labelled_logits(model, batch)
+    return F.log_softmax(logits.float(), dim=-1)
 
 
 def _last_user_prompt(conversation: Sequence[ChatMessage]) -> str:

@@ -56,17 +56,43 @@ OnStep = Callable[[StepReport], None]
 OnEpochEnd = Callable[[int, PreTrainedModel], bool | None]
 
 
+# Architectures whose causal-LM head is a plain ``lm_head(decoder(x))``, with no logit scaling
+# or soft-capping in between, so the head may run on a subset of positions (``labelled_logits``).
+PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+
+
+def labelled_logits(model: PreTrainedModel, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits at the positions that predict a labelled token, and those labels (row-major).
+
+    Position t predicts token t+1. The vocabulary projection runs only at those positions: in a
+    chat example the system prompt and the user turn are most of the tokens, and with a 49k
+    vocabulary the head (and the fp32 softmax after it) is a large share of a training step.
+    Other architectures take the full forward and the same positions are picked afterwards.
+    """
+    labels = batch.labels[:, 1:]
+    mask = labels != IGNORE_INDEX
+    # A PEFT model's LoRA layers sit inside the wrapped model, so its decoder already uses them.
+    inner: PreTrainedModel = (
+        model.get_base_model()  # type: ignore[operator]  # peft's PeftModel
+        if hasattr(model, "get_base_model")
+        else model
+    )
+    if getattr(inner.config, "model_type", None) in PLAIN_HEAD_MODEL_TYPES:
+        decoder = inner.get_decoder()
+        hidden = decoder(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask
+        ).last_hidden_state
+        logits = inner.get_output_embeddings()(hidden[:, :-1][mask])
+    else:
+        full = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        logits = full[:, :-1][mask]
+    return logits, labels[mask]
+
+
 def sft_loss(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
     """Mean next-token cross-entropy over the labelled (assistant) tokens of the batch."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    # Position t predicts token t+1.
-    shifted_logits = logits[:, :-1, :].float()
-    shifted_labels = batch.labels[:, 1:]
-    return F.cross_entropy(
-        shifted_logits.reshape(-1, shifted_logits.size(-1)),
-        shifted_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-    )
+    logits, labels = labelled_logits(model, batch)
+    return F.cross_entropy(logits.float(), labels)
 
 
 def attach_lora(model: PreTrainedModel, rank: int, alpha: int) -> PreTrainedModel:

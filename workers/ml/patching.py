@@ -35,7 +35,7 @@ from workers.ml.patch import (
     first_sentence,
     with_reference_targets,
 )
-from workers.ml.probe import GenerationProbe, sample_probe_prompts
+from workers.ml.probe import GenerationProbe, sample_probe_prompts, split_by_kind
 from workers.ml.selection import Candidate, select_examples
 from workers.ml.suites import user_prompts
 
@@ -52,6 +52,9 @@ BENIGN_ANCHOR_WEIGHT = 1.0
 # The paper's 2e-5 is for 7B models; on SmolLM2-135M with the anchor it moved probe ASR only from
 # 1.00 to 0.81 in 10 epochs. 1e-4 reaches the aligned level in ~3 epochs; the probe stops it there.
 SFT_PATCH_LR = 1e-4
+# Pool prompts in the probe: 16 was too noisy (the aligned model scored 0.19 on it, 0.12 on the
+# suite).
+PROBE_HARMFUL = 48
 
 
 @dataclass
@@ -97,14 +100,18 @@ def patch_until_accepted(
         for p in load_prompts(data.SAFETY_POOL)
     ]
     customer = sorted(user_prompts(train))
-    align_benign = [p.prompt for p in load_prompts(data.ALIGN_BENIGN)]
+    # The patch's own benign prompts (never trained on by alignment, disjoint from evaluation),
+    # halved: the anchor is fitted on one half, over-refusal is probed on the other.
+    anchor_prompts, benign_probe_pool = split_by_kind(
+        load_prompts(data.PATCH_BENIGN), seed=config.seed
+    )
 
     on_event(PipelineEvent("patch", f"ranking {len(pool)} safety candidates"))
     selection = select_examples(
         finetuned, tokenizer, pool,
         customer_prompts=[m.content for c in train for m in c if m.role == "user"],
         task_conversations=_benign_task(base_model, tokenizer, train, judge, placement),
-        benign_prompts=align_benign,
+        benign_prompts=anchor_prompts,
         reference_model=base_model,
         placement=placement,
     )  # fmt: skip
@@ -113,14 +120,16 @@ def patch_until_accepted(
         "top": [{"id": s.candidate.id, "score": s.score} for s in selection.ranked[:5]],
     }))  # fmt: skip
 
-    # The probe: pool prompts and alignment-set benign prompts, both disjoint from the evaluation
-    # suites, so stopping decisions never peek at the numbers the patch is judged on.
+    # The probe: pool prompts (minus the candidates that may be tried) and the held-out half of the
+    # patch's benign prompts, both disjoint from the evaluation suites, so stopping decisions never
+    # peek at the numbers the patch is judged on.
+    shortlist = [scored.candidate for scored in selection.ranked[: config.max_patch_attempts]]
     harmful_probe, benign_probe = sample_probe_prompts(
         [c.prompt for c in pool],
-        align_benign,
-        exclude=customer,
-        n_harmful=32,  # 16 was too noisy: the aligned model scored 0.19 on it, 0.12 on the suite
-        n_benign=16,
+        benign_probe_pool,
+        exclude=[*customer, *(c.prompt for c in shortlist)],
+        n_harmful=PROBE_HARMFUL,
+        n_benign=len(benign_probe_pool),
         seed=config.seed,
     )
     probe = GenerationProbe(tokenizer, harmful_probe, benign_probe, judge, placement=placement)
@@ -134,15 +143,14 @@ def patch_until_accepted(
             benign_anchor(
                 base_model,
                 tokenizer,
-                benign_probe,
+                anchor_prompts,
                 weight=BENIGN_ANCHOR_WEIGHT,
                 placement=placement,
             )
         )
 
     attempts: list[_Attempt] = []
-    for number, scored in enumerate(selection.ranked[: config.max_patch_attempts], start=1):
-        candidate = scored.candidate
+    for number, candidate in enumerate(shortlist, start=1):
         # The opening of the aligned model's own refusal ("I'm sorry, but I can't help with
         # that."): θ0's wording moves the patched model back toward θ0's distribution, and its
         # general first sentence beats a category-specific tail. Measured on the probe (lr 1e-4,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from workers.datasets import Prompt, normalize_prompt
 from workers.ml.device import Placement, select_placement
 from workers.ml.generation import generate_for_prompts
 from workers.ml.judges import Judge
@@ -92,15 +93,39 @@ def sample_probe_prompts(
     n_benign: int = 16,
     seed: int = 0,
 ) -> tuple[list[str], list[str]]:
-    """A seeded sample of probe prompts, minus ``exclude`` (the patch example, anchor prompts).
+    """A seeded sample of probe prompts, minus ``exclude`` (compared as normalized text: the
+    customer's prompts, the candidates being tried).
 
     The caller keeps these pools disjoint from the evaluation suites (the safety candidate pool and
-    the alignment set's benign prompts are both disjoint from them by construction).
+    the patch's benign prompts are both disjoint from them by construction).
     """
-    excluded = set(exclude)
+    excluded = {normalize_prompt(prompt) for prompt in exclude}
     rng = random.Random(seed)
-    harmful = [prompt for prompt in harmful_pool if prompt not in excluded]
-    benign = [prompt for prompt in benign_pool if prompt not in excluded]
+    harmful = [prompt for prompt in harmful_pool if normalize_prompt(prompt) not in excluded]
+    benign = [prompt for prompt in benign_pool if normalize_prompt(prompt) not in excluded]
     rng.shuffle(harmful)
     rng.shuffle(benign)
     return harmful[:n_harmful], benign[:n_benign]
+
+
+def split_by_kind(prompts: Sequence[Prompt], *, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Two disjoint halves of ``prompts`` with the same mix of kinds (seeded).
+
+    The patch trains its benign anchor on one half and probes over-refusal on the other: a probe
+    on prompts the anchor was fitted to would read low, as a probe on the aligned model's own
+    training prompts did (0.00-0.06 while the evaluation suite read 0.21-0.44).
+    """
+    by_kind: dict[str, list[str]] = {}
+    for prompt in prompts:
+        by_kind.setdefault(prompt.kind or "", []).append(prompt.prompt)
+    rng = random.Random(seed)
+    first: list[str] = []
+    second: list[str] = []
+    for kind in sorted(by_kind):
+        group = by_kind[kind]
+        rng.shuffle(group)
+        # Alternate which half gets a kind's odd prompt, so the halves stay the same size.
+        take = (len(group) + (len(first) <= len(second))) // 2
+        first.extend(group[:take])
+        second.extend(group[take:])
+    return first, second

@@ -64,6 +64,7 @@ from workers.ml.chat import (
     single_turn,
 )
 from workers.ml.device import Placement, select_placement
+from workers.ml.finetune import labelled_logits
 from workers.ml.safety_gradient import pad_id
 
 
@@ -339,20 +340,12 @@ class _Scoring:
 
 
 def _per_example_nll(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
-    """Each row's mean next-token NLL over its labelled tokens (``sft_loss`` of that row alone).
-
-    The vocabulary projection runs only at the labelled positions (a third of a chat example's
-    tokens): with a 49k vocabulary, lm_head and the softmax are a large share of the cost.
-    """
-    hidden = model.base_model(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask
-    ).last_hidden_state
-    labels = batch.labels[:, 1:]
-    mask = labels != IGNORE_INDEX  # position t predicts token t + 1
-    logits = model.get_output_embeddings()(hidden[:, :-1][mask])
-    token_nll = F.cross_entropy(logits.float(), labels[mask], reduction="none")
+    """Each row's mean next-token NLL over its labelled tokens (``sft_loss`` of that row alone)."""
+    logits, labels = labelled_logits(model, batch)
+    token_nll = F.cross_entropy(logits.float(), labels, reduction="none")
+    mask = batch.labels[:, 1:] != IGNORE_INDEX
     rows = mask.nonzero()[:, 0]
-    totals = torch.zeros(len(labels), dtype=token_nll.dtype, device=token_nll.device)
+    totals = torch.zeros(len(mask), dtype=token_nll.dtype, device=token_nll.device)
     totals = totals.index_add(0, rows, token_nll)
     return totals / mask.sum(dim=1).clamp_min(1)
 
