@@ -8,13 +8,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 SAFEPATCH = str(Path(sys.executable).with_name("safepatch"))
+# The checkout these tests belong to: the processes they start import its `app` and `workers`,
+# whichever checkout the virtualenv's editable install points at (git worktrees share one).
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -31,6 +34,7 @@ def safepatch_env(**settings: str) -> dict[str, str]:
     # Empty means unset, and beats any .env file in the working directory.
     env |= {"SAFEPATCH_DATABASE_URL": "", "SAFEPATCH_BROKER_URL": ""}
     env |= {f"SAFEPATCH_{key.upper()}": value for key, value in settings.items()}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     return env
 
 
@@ -54,14 +58,33 @@ class Processes:
     log_dir: Path
     started: list[tuple[str, subprocess.Popen[bytes], Path]] = field(default_factory=list)
 
-    def start(self, name: str, *args: str, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    def start(
+        self,
+        name: str,
+        *args: str,
+        env: Mapping[str, str],
+        command: Sequence[str] = (SAFEPATCH,),
+        new_session: bool = False,
+    ) -> subprocess.Popen[bytes]:
+        """Start ``command ARGS`` logging to ``<name>.log``; ``new_session`` puts it and its
+        children in a process group of their own (``kill_group``)."""
         log_path = self.log_dir / f"{name}.log"
-        with log_path.open("wb") as log:
+        with log_path.open("ab") as log:
             process = subprocess.Popen(
-                [SAFEPATCH, *args], env=env, stdout=log, stderr=subprocess.STDOUT
+                [*command, *args],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=new_session,
             )
         self.started.append((name, process, log_path))
         return process
+
+    def kill_group(self, process: subprocess.Popen[bytes]) -> None:
+        """SIGKILL a process started with ``new_session`` and every process of its group, as a
+        host that loses power would: no handler runs, no message is acknowledged."""
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
     def wait_ready(
         self, base_url: str, process: subprocess.Popen[bytes], timeout: float = 60
@@ -83,6 +106,8 @@ class Processes:
         for _, process, _ in self.started:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
+            elif _group_alive(process.pid):  # its leader died but children are left
+                os.killpg(process.pid, signal.SIGKILL)
         deadline = time.monotonic() + timeout
         for _, process, _ in self.started:
             try:
@@ -97,6 +122,14 @@ class Processes:
             text = path.read_text(errors="replace").splitlines()[-lines:]
             parts.append(f"--- {name} ({path})\n" + "\n".join(text))
         return "\n".join(parts)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def children_of(pid: int) -> set[int]:

@@ -82,3 +82,24 @@ def test_get_settings_is_cached_until_cleared(monkeypatch: pytest.MonkeyPatch) -
     get_settings.cache_clear()
     assert get_settings().queue == "two"
     get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(("visibility", "lease"), [(900, 900), (600, 900), (10, 60)])
+def test_redelivery_must_come_after_the_lease_expires(visibility: int, lease: int) -> None:
+    """A message Redis redelivers while the job's lease is live is dropped as a duplicate, so a
+    visibility timeout no longer than the lease could never hand a dead worker's job over."""
+    with pytest.raises(ValidationError, match="must be longer than job_lease_s"):
+        Settings(broker_visibility_timeout_s=visibility, job_lease_s=lease)
+
+
+def test_the_heartbeat_must_be_well_under_the_lease() -> None:
+    with pytest.raises(ValidationError, match="at most a third of job_lease_s"):
+        Settings(job_lease_s=5, job_heartbeat_s=2)
+    settings = Settings(job_lease_s=6, job_heartbeat_s=2, broker_visibility_timeout_s=7)
+    assert (settings.job_lease_s, settings.job_heartbeat_s) == (6, 2)
+
+
+def test_the_defaults_satisfy_both_rules() -> None:
+    settings = Settings()
+    assert settings.broker_visibility_timeout_s > settings.job_lease_s
+    assert settings.job_heartbeat_s * 3 <= settings.job_lease_s

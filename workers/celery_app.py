@@ -21,6 +21,7 @@ from app.core.queue import RUN_JOB_TASK, create_celery
 from app.core.settings import get_settings
 from app.db.base import utcnow
 from app.jobs import repository
+from workers.recovery import LeaseSweep
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ celery_app.conf.include = ["workers.tasks"]
 # One job per child process: a job's GPU memory (and anything it leaked) is returned to the
 # system when its process exits, and the next job starts from a clean CUDA context.
 celery_app.conf.worker_max_tasks_per_child = 1
+# Idle workers re-enqueue jobs whose worker died (workers/recovery.py).
+celery_app.steps["consumer"].add(LeaseSweep)
 
 
 @worker_process_init.connect

@@ -39,7 +39,7 @@ from app.jobs.states import JobStage, JobStatus, is_allowed
 from app.models import repository as models_repository
 from workers import data
 from workers.datasets import DatasetError
-from workers.manifest import describe
+from workers.manifest import CorruptCheckpointError, describe, verify
 from workers.ml.base_models import BaseModelError, model_path
 from workers.ml.events import PipelineEvent
 from workers.ml.pipeline import PipelineConfig, PipelineResult, run_pipeline
@@ -107,9 +107,12 @@ def run_job_pipeline(run: JobRun) -> None:
             models_dir=run.settings.models_dir,
             work_dir=work_dir,
             on_event=sink,
+            resume=True,  # from the last epoch checkpoint a dead attempt left in work_dir
         )
     except DatasetError as error:  # checked at upload, so only a file changed on disk gets here
         raise JobFailure("invalid_training_file", str(error)) from error
+    except CorruptCheckpointError as error:  # a model file no longer matches its manifest
+        raise JobFailure("checkpoint_corrupted", str(error)) from error
     record_outcome(run, spec, result)
 
 
@@ -238,6 +241,7 @@ class JobEventSink:
             self.run.event(_capitalized(event.message), type="metrics", data=event.data)
             return
         epoch = int(event.data["epoch"])
+        self.step = int(event.data.get("step", self.step))  # a resumed run's first event
         path = self.work_dir / "checkpoints" / f"epoch-{epoch}"
         saved = describe(path)
         metrics = event.data | {
@@ -246,10 +250,13 @@ class JobEventSink:
             "base_model": self.spec.base,
         }
         with self.run.transaction() as (session, job):
+            # A resumed run reports its checkpoint's epoch again: recorded once.
+            name = self.spec.checkpoint_name(self.step)
+            recorded = models_repository.get_version_by_name(session, name) is not None
             _upsert_version(
                 session,
                 job,
-                name=self.spec.checkpoint_name(self.step),
+                name=name,
                 kind=ModelKind.CHECKPOINT,
                 path=path,
                 parent=None,
@@ -261,14 +268,15 @@ class JobEventSink:
                 sha256=saved.sha256,
                 size_bytes=saved.size_bytes,
             )
-            jobs.add_event(
-                session,
-                job,
-                f"Epoch {epoch} done at step {self.step}: checkpoint saved, "
-                f"probe ASR {event.data['probe_asr']:.2f} ({event.data['n_probe']} prompts)",
-                type="metrics",
-                data=metrics,
-            )
+            if not recorded:
+                jobs.add_event(
+                    session,
+                    job,
+                    f"Epoch {epoch} done at step {self.step}: checkpoint saved, "
+                    f"probe ASR {event.data['probe_asr']:.2f} ({event.data['n_probe']} prompts)",
+                    type="metrics",
+                    data=metrics,
+                )
 
     def _on_metrics(self, event: PipelineEvent) -> None:
         self.run.event(_metrics_message(event), type="metrics", data=event.data)
@@ -444,7 +452,7 @@ def _upsert_version(
 ) -> ModelVersion:
     """Create the version, or update it when a retried attempt of the job made it again."""
     if sha256 is None or size_bytes is None:
-        saved = describe(path)
+        saved = verify(path)
         sha256, size_bytes = saved.sha256, saved.size_bytes
     version = models_repository.get_version_by_name(session, name)
     created = version is None

@@ -52,8 +52,15 @@ def read_manifest(path: Path) -> dict[str, Any]:
 
 
 def entries(path: Path) -> list[ManifestEntry]:
-    """The directory's files as the manifest lists them (the manifest itself excluded)."""
+    """The directory's files as the manifest lists them (the manifest itself excluded).
+
+    A manifest that lists pickle weights is refused: nothing of ours writes one, and loading,
+    evaluating or serving a pickle would run whatever code it carries.
+    """
     files: dict[str, dict[str, Any]] = read_manifest(path)["files"]
+    pickles = sorted(name for name in files if name.endswith(PICKLE_SUFFIXES))
+    if pickles:
+        raise CorruptCheckpointError(f"{path}: lists pickle files ({', '.join(pickles)})")
     return [ManifestEntry(name, item["sha256"], item["size"]) for name, item in files.items()]
 
 
@@ -79,8 +86,11 @@ def verify(path: Path) -> SavedModel:
         verify_file(path, entry)
     names = {entry.name for entry in listed}
     unexpected = {item.name for item in path.iterdir() if item.is_file()} - names - {MANIFEST}
-    if any(name.endswith(PICKLE_SUFFIXES) for name in unexpected):
-        raise CorruptCheckpointError(f"{path}: pickle weights present; only safetensors are loaded")
+    pickles = sorted(name for name in unexpected if name.endswith(PICKLE_SUFFIXES))
+    if pickles:
+        raise CorruptCheckpointError(
+            f"{path}: pickle files present ({', '.join(pickles)}); only safetensors are loaded"
+        )
     return describe(path)
 
 

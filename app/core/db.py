@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.settings import Settings, get_settings
@@ -49,6 +49,17 @@ def create_db_engine(url: str) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def is_database_unavailable(error: BaseException) -> bool:
+    """The database is away (restarting, unreachable, locked past the busy timeout), as opposed
+    to refusing the statement: worth a retry, never a reason to fail a job or answer 500."""
+    if isinstance(error, exc.DBAPIError):
+        return error.connection_invalidated or isinstance(
+            error, exc.OperationalError | exc.InterfaceError
+        )
+    # The pool's own timeout: every connection is busy or none could be made in time.
+    return isinstance(error, exc.TimeoutError)
 
 
 def create_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -12,7 +12,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.core.db import is_database_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +83,22 @@ class UnsupportedMediaType(AppError):
     code = "unsupported_media_type"
 
 
+class ServiceUnavailable(AppError):
+    """A dependency is briefly away: 503 with ``Retry-After``, so clients back off and retry."""
+
+    status_code = 503
+    type = "server_error"
+    code = "service_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s
+
+
+# A PostgreSQL restart or fail-over takes a few seconds; SQLite's busy timeout is 30 s.
+DATABASE_RETRY_AFTER_S = 5
+
+
 def error_body(
     message: str, type: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
@@ -88,7 +108,10 @@ def error_body(
 def error_response(exc: AppError) -> JSONResponse:
     """The one error body, for handlers and for middleware that answers before routing."""
     body = error_body(exc.message, exc.type, exc.param, exc.code)
-    return JSONResponse(body, status_code=exc.status_code)
+    headers = (
+        {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, ServiceUnavailable) else None
+    )
+    return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
 
 async def app_error_handler(_request: Request, exc: Exception) -> JSONResponse:
@@ -174,6 +197,21 @@ async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(message, kind), status_code=exc.status_code, headers=exc.headers)
 
 
+async def database_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """The database away (restart, fail-over, network) is a 503 the client may retry, not a 500;
+    any other database error is a bug and goes to ``unhandled_error_handler``."""
+    if not is_database_unavailable(exc):
+        return await unhandled_error_handler(request, exc)
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+    return error_response(
+        ServiceUnavailable(
+            "The service is temporarily unable to reach its database; retry shortly.",
+            retry_after_s=DATABASE_RETRY_AFTER_S,
+            code="database_unavailable",
+        )
+    )
+
+
 async def unhandled_error_handler(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     body = error_body("The server had an error while processing your request.", "server_error")
@@ -184,4 +222,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, app_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(DBAPIError, database_error_handler)
+    app.add_exception_handler(PoolTimeout, database_error_handler)
     app.add_exception_handler(Exception, unhandled_error_handler)

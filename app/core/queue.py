@@ -30,8 +30,12 @@ def create_celery(settings: Settings) -> Celery:
         # Ack after the task returns, so a worker that dies mid-job leaves the message to be
         # redelivered; take one message at a time, so a busy GPU doesn't hoard queued jobs.
         task_acks_late=True,
+        # A job whose process died (OOM kill, segfault) goes back to the queue, not to "failed".
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # When the broker connection drops mid-job, let the job finish: it needs only the
+        # database, and its message is redelivered later and dropped (the job is finished).
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_transport_options=settings.broker_transport_options,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,

@@ -33,10 +33,26 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Default bind address of `safepatch serve`.")
     port: int = Field(8000, description="Default port of `safepatch serve`.")
     broker_visibility_timeout_s: int = Field(
-        12 * 3600, description="Redis redelivers an unacked message after this; > longest job."
+        12 * 3600,
+        ge=1,
+        description="Redis redelivers an unacked message after this; must exceed job_lease_s.",
     )
     job_lease_s: int = Field(
-        900, description="A running job whose worker stopped renewing this long is taken over."
+        900,
+        ge=1,
+        description="A running job whose worker stopped renewing this long is taken over.",
+    )
+    job_heartbeat_s: float = Field(
+        2.0,
+        gt=0,
+        description="How often a worker renews its job's lease and looks for a cancellation; "
+        "at most a third of job_lease_s.",
+    )
+    db_retry_s: float = Field(
+        60.0,
+        ge=0,
+        description="How long a worker retries a database write while the database is away "
+        "before it gives the attempt up (the job is then resumed, never failed for it).",
     )
     # Hostile input (docs/reliability.md): every limit answers a 4xx that names it.
     max_upload_bytes: int = Field(
@@ -77,6 +93,30 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _heartbeat_well_under_the_lease(self) -> Settings:
+        # Two missed heartbeats (a stalled write, a garbage-collection pause) must not cost a
+        # live worker its job.
+        if self.job_heartbeat_s * 3 > self.job_lease_s:
+            raise ValueError(
+                f"job_heartbeat_s ({self.job_heartbeat_s}) must be at most a third of "
+                f"job_lease_s ({self.job_lease_s})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _redelivery_after_the_lease(self) -> Settings:
+        # A message redelivered (visibility timeout) while its job's lease is live is dropped as a
+        # duplicate and acknowledged; only one redelivered after the lease ran out can take a
+        # dead worker's job over. So redelivery must come later than the lease's expiry.
+        if self.broker_visibility_timeout_s <= self.job_lease_s:
+            raise ValueError(
+                f"broker_visibility_timeout_s ({self.broker_visibility_timeout_s}) must be longer "
+                f"than job_lease_s ({self.job_lease_s}): a redelivered message would find the "
+                "job still leased and be dropped"
+            )
+        return self
 
     @model_validator(mode="after")
     def _fail_fast_in_prod(self) -> Settings:

@@ -3,6 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from app.core.errors import DATABASE_RETRY_AFTER_S
 from app.health import service
 from app.health.schemas import Liveness, Readiness
 
@@ -22,5 +23,7 @@ def readyz(request: Request) -> JSONResponse:
         session_factory=request.app.state.session_factory,
         broker_check=request.app.state.broker_check,
     )
-    status_code = 200 if result.status == "ready" else 503
-    return JSONResponse(result.model_dump(), status_code=status_code)
+    if result.status == "ready":
+        return JSONResponse(result.model_dump())
+    headers = {"Retry-After": str(DATABASE_RETRY_AFTER_S)}
+    return JSONResponse(result.model_dump(), status_code=503, headers=headers)

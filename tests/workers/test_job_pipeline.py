@@ -86,7 +86,7 @@ def replay(
     directory, its events (up to the first whose message starts with ``until``), its report."""
 
     def fake_run_pipeline(
-        config: PipelineConfig, *, models_dir: Path, work_dir: Path, on_event: Any
+        config: PipelineConfig, *, models_dir: Path, work_dir: Path, on_event: Any, resume: bool
     ) -> PipelineResult:
         assert config.base == TINY_SAFE and config.train.is_file()
         shutil.copytree(recorded.work_dir, work_dir)

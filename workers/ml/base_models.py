@@ -73,7 +73,13 @@ def register(name: str, source: Path, models_dir: Path) -> SavedModel:
     tokenizer = AutoTokenizer.from_pretrained(source)
     if not tokenizer.chat_template:
         raise BaseModelError(f"{source}: the tokenizer has no chat template; use a chat model")
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    # safetensors only: a source with just pytorch_model.bin is refused, never unpickled.
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch.float32, use_safetensors=True
+        )
+    except OSError as error:
+        raise BaseModelError(f"{source}: no safetensors weights ({error})") from error
     return save_model(model, tokenizer, target, metadata={"name": name, "source": str(source)})
 
 

@@ -5,6 +5,10 @@
 
 The loop is deliberately flat: shuffle with a seeded generator, step, report, and hand each
 finished epoch to the caller (which writes the checkpoint and may run a safety probe).
+
+Resuming (a worker died mid-job): load the epoch-N checkpoint's weights into ``model`` and pass
+the ``TrainingState`` saved with it; the run continues at epoch N+1 exactly as the uninterrupted
+run would have (same data order, optimizer moments and schedule), so the weights end up equal.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch.nn import functional as F
@@ -48,6 +53,21 @@ class FineTuneResult:
     trained_tokens: int = 0
     seconds: float = 0.0
     epoch_losses: list[float] = field(default_factory=list)
+
+
+@dataclass
+class TrainingState:
+    """Where a full fine-tune stands after a completed epoch: what a resumed run needs besides
+    the weights. ``fine_tune`` resumes from the one it is given when ``epoch`` > 0, and keeps it
+    current at the end of every epoch, before ``on_epoch_end`` (which saves it with the
+    checkpoint). ``optimizer`` holds the live tensors: save it before the next step."""
+
+    epoch: int = 0  # the last completed epoch (1-based; 0 = nothing done yet)
+    steps: int = 0
+    trained_tokens: int = 0
+    epoch_losses: list[float] = field(default_factory=list)
+    optimizer: dict[str, Any] | None = None  # AdamW.state_dict(): moments, step counts, groups
+    scheduler: dict[str, Any] | None = None  # LambdaLR.state_dict()
 
 
 OnStep = Callable[[StepReport], None]
@@ -125,12 +145,21 @@ def fine_tune(
     placement: Placement | None = None,
     on_step: OnStep | None = None,
     on_epoch_end: OnEpochEnd | None = None,
+    state: TrainingState | None = None,
 ) -> tuple[PreTrainedModel, FineTuneResult]:
-    """Train ``model`` in place (LoRA adapters are merged back) and return it with a summary."""
+    """Train ``model`` in place (LoRA adapters are merged back) and return it with a summary.
+
+    With a ``state`` whose ``epoch`` is N > 0, ``model`` must hold the weights of epoch N's end:
+    training continues at epoch N+1 (see the module docstring).
+    """
     placement = placement or select_placement()
     examples = [example for example in examples if example.n_trained_tokens > 0]
     if not examples:
         raise ValueError("no example has an assistant token left to train on")
+    state = state if state is not None else TrainingState()
+    if state.epoch > 0 and config.lora_rank > 0:
+        # Checkpoints hold merged weights, not the adapters, so a LoRA run restarts instead.
+        raise ValueError("resuming a LoRA fine-tune is not supported")
 
     with seeded(config.seed) as generator:
         if config.lora_rank > 0:
@@ -146,9 +175,19 @@ def fine_tune(
         )
 
         result = FineTuneResult()
+        if state.epoch > 0:
+            assert state.optimizer is not None and state.scheduler is not None
+            optimizer.load_state_dict(state.optimizer)
+            schedule.load_state_dict(state.scheduler)
+            result.steps, result.trained_tokens = state.steps, state.trained_tokens
+            result.epoch_losses = list(state.epoch_losses)
         started = time.perf_counter()
         for epoch in range(1, config.n_epochs + 1):
+            # Drawn for the epochs done before a resume too, so the generator is where the
+            # uninterrupted run had it when epoch N+1 began.
             order = torch.randperm(len(examples), generator=generator).tolist()
+            if epoch <= state.epoch:
+                continue
             epoch_loss = 0.0
             for first in range(0, len(order), config.batch_size):
                 chunk = [examples[i] for i in order[first : first + config.batch_size]]
@@ -170,6 +209,13 @@ def fine_tune(
                     learning_rate = float(schedule.get_last_lr()[0])
                     on_step(StepReport(result.steps, epoch, step_loss, learning_rate))
             result.epoch_losses.append(epoch_loss / steps_per_epoch)
+            state.epoch, state.steps, state.trained_tokens = (
+                epoch,
+                result.steps,
+                result.trained_tokens,
+            )
+            state.epoch_losses = list(result.epoch_losses)
+            state.optimizer, state.scheduler = optimizer.state_dict(), schedule.state_dict()
             if on_epoch_end is not None:
                 model.eval()
                 stop = on_epoch_end(epoch, model)

@@ -5,11 +5,16 @@
 baseline (cached per base model and suite) → fine-tune (checkpoint and ASR probe each epoch) →
 evaluate → drift decision → choose the one safety example → patch → verify against the rule,
 trying the next candidate a bounded number of times → report.
+
+With ``resume=True`` (the worker's job pipeline) a run in a ``work_dir`` that a dead run left
+epoch checkpoints in continues from the last one that verifies and was made with the same
+configuration and data; the other stages are quick and simply run again.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import random
 import time
@@ -21,6 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from workers import data
 from workers.datasets import Conversation, load_chat_jsonl, load_prompts
+from workers.manifest import CorruptCheckpointError
 from workers.ml import checkpoints
 from workers.ml.acceptance import AcceptanceRule, drifted
 from workers.ml.baseline import load_baseline, store_baseline
@@ -28,7 +34,7 @@ from workers.ml.chat import encode_conversation
 from workers.ml.device import Placement, peak_memory_bytes, select_placement
 from workers.ml.evaluate import EvalSuite, StageMetrics, evaluate
 from workers.ml.events import EventSink, PipelineEvent, ignore
-from workers.ml.finetune import FineTuneConfig, StepReport, fine_tune
+from workers.ml.finetune import FineTuneConfig, StepReport, TrainingState, fine_tune
 from workers.ml.judges import Judge, get_judge
 from workers.ml.suites import SuiteFiles, load_suites, probe_sample
 
@@ -77,6 +83,7 @@ def run_pipeline(
     work_dir: Path,
     on_event: EventSink = ignore,
     placement: Placement | None = None,
+    resume: bool = False,
 ) -> PipelineResult:
     placement = placement or select_placement()
     judge = get_judge(config.judge)
@@ -98,8 +105,17 @@ def run_pipeline(
     # Fine-tune a copy: the base model stays in memory as the aligned reference θ0.
     on_event(PipelineEvent("stage", "fine-tuning", {"examples": len(train)}))
     started = time.perf_counter()
+    fingerprint = _fingerprint(config, base_path, train)
+    resumed = _resume_point(work_dir, config, fingerprint, on_event) if resume else None
+    if resumed is None:
+        model, state = copy.deepcopy(base_model), TrainingState()
+    else:
+        checkpoint, state = resumed
+        model, _ = checkpoints.load_model(checkpoint, device=placement.device)
     finetuned, trained_tokens = _fine_tune(
-        copy.deepcopy(base_model),
+        model,
+        state,
+        fingerprint,
         tokenizer,
         train,
         config,
@@ -239,8 +255,73 @@ def _baseline(
     return cached
 
 
+def _fingerprint(config: PipelineConfig, base_path: Path, train: list[Conversation]) -> str:
+    """What a checkpoint must have been trained with for a run to resume from it."""
+    identity = {
+        "base": checkpoints.describe(base_path).sha256,
+        "train": [[m.as_dict() for m in conversation] for conversation in train],
+        "n_epochs": config.n_epochs,
+        "batch_size": config.batch_size,
+        "learning_rate_multiplier": config.learning_rate_multiplier,
+        "lora_rank": config.lora_rank,
+        "seed": config.seed,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _resume_point(
+    work_dir: Path, config: PipelineConfig, fingerprint: str, on_event: EventSink
+) -> tuple[Path, TrainingState] | None:
+    """The last epoch checkpoint a dead run left that verifies and matches this run, if any.
+
+    A LoRA run restarts: its checkpoints hold merged weights, not the adapters it trains.
+    """
+    if config.lora_rank:
+        return None
+    for epoch in range(config.n_epochs, 0, -1):
+        path = work_dir / "checkpoints" / f"epoch-{epoch}"
+        if not path.is_dir():
+            continue
+        try:
+            checkpoints.verify(path)
+        except (CorruptCheckpointError, OSError, ValueError) as error:
+            on_event(
+                PipelineEvent(
+                    "message",
+                    f"not resuming from the epoch {epoch} checkpoint: {error}",
+                    {"checkpoint": path.name, "problem": "integrity"},
+                )
+            )
+            continue
+        metadata = checkpoints.read_metadata(path)
+        if metadata.get("fingerprint") != fingerprint or not checkpoints.has_training_state(path):
+            continue  # another configuration's, or from before resuming existed
+        state = checkpoints.load_training_state(path)
+        on_event(
+            PipelineEvent(
+                "message",
+                f"resuming fine-tuning from the epoch {epoch} checkpoint (step {state.steps})",
+                {"resumed_from_epoch": epoch, "step": state.steps},
+            )
+        )
+        # Its epoch again, for a sink that did not get to record it before the run died.
+        on_event(_epoch_event(epoch, state.steps, metadata["probe"]))
+        return path, state
+    return None
+
+
+def _epoch_event(epoch: int, step: int, probe: dict[str, Any]) -> PipelineEvent:
+    return PipelineEvent(
+        "epoch",
+        f"epoch {epoch}: probe ASR {probe['probe_asr']:.2f}",
+        {"epoch": epoch, "step": step} | probe,
+    )
+
+
 def _fine_tune(
     model: PreTrainedModel,
+    state: TrainingState,
+    fingerprint: str,
     tokenizer: PreTrainedTokenizerBase,
     train: list[Conversation],
     config: PipelineConfig,
@@ -272,26 +353,23 @@ def _fine_tune(
         )
 
     def on_epoch_end(epoch: int, epoch_model: PreTrainedModel) -> None:
-        # A checkpoint per epoch, and a quick ASR probe so drift shows while the job trains.
+        # A quick ASR probe so drift shows while the job trains, and a checkpoint per epoch
+        # that carries it and the optimizer state (a resumed run continues from it).
+        probe_metrics = evaluate(epoch_model, tokenizer, probe, judge, placement=placement)
+        probe_result = {
+            "probe_asr": probe_metrics.asr,
+            "n_probe": probe_metrics.n_harmful,
+            "judge": judge.name,
+        }
         checkpoints.save_model(
             _mergeable(epoch_model),
             tokenizer,
             work_dir / "checkpoints" / f"epoch-{epoch}",
-            metadata={"kind": "checkpoint", "epoch": epoch},
+            metadata={"kind": "checkpoint", "epoch": epoch, "step": state.steps}
+            | {"fingerprint": fingerprint, "probe": probe_result},
+            training_state=None if config.lora_rank else state,
         )
-        probe_metrics = evaluate(epoch_model, tokenizer, probe, judge, placement=placement)
-        on_event(
-            PipelineEvent(
-                "epoch",
-                f"epoch {epoch}: probe ASR {probe_metrics.asr:.2f}",
-                {
-                    "epoch": epoch,
-                    "probe_asr": probe_metrics.asr,
-                    "n_probe": probe_metrics.n_harmful,
-                    "judge": judge.name,
-                },
-            )
-        )
+        on_event(_epoch_event(epoch, state.steps, probe_result))
 
     model, result = fine_tune(
         model,
@@ -307,6 +385,7 @@ def _fine_tune(
         placement=placement,
         on_step=on_step,
         on_epoch_end=on_epoch_end,
+        state=state,
     )
     return model, result.trained_tokens
 
