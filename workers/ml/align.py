@@ -25,6 +25,7 @@ from workers.ml.chat import EncodedExample, encode_conversation, single_turn
 from workers.ml.device import Placement, select_placement
 from workers.ml.finetune import FineTuneConfig, FineTuneResult, OnEpochEnd, OnStep, fine_tune
 from workers.ml.generation import generate_for_prompts
+from workers.ml.judges import Judge, get_judge
 
 
 @dataclass
@@ -44,7 +45,7 @@ class AlignConfig:
 @dataclass
 class AlignResult:
     n_refusals: int
-    n_benign: int
+    n_benign: int  # benign prompts trained on (those the raw model declined are left out)
     answer_seconds: float
     training: FineTuneResult
 
@@ -61,6 +62,7 @@ def align(
     on_epoch_end: OnEpochEnd | None = None,
     on_phase: Callable[[str], None] | None = None,
     answer_cache: Path | None = None,
+    judge: Judge | None = None,
 ) -> tuple[PreTrainedModel, AlignResult]:
     """SFT ``model`` on refusals for ``harmful`` and its own answers to ``benign``.
 
@@ -69,6 +71,7 @@ def align(
     ``on_epoch_end`` sees the model after each epoch (``fine_tune``'s hook).
     """
     placement = placement or select_placement()
+    judge = judge or get_judge()
     missing = [prompt.id for prompt in harmful if not prompt.refusal]
     if missing:
         raise ValueError(f"harmful alignment prompts without a refusal: {', '.join(missing[:5])}")
@@ -81,9 +84,12 @@ def align(
         encode_conversation(tokenizer, single_turn(prompt.prompt, prompt.refusal))
         for prompt in harmful
     ]
-    for prompt, answer in zip(benign, answers, strict=True):
-        reply = _complete_sentences(answer)
-        if reply:
+    # A benign prompt the raw model itself declined ("I'm sorry, as a chatbot I can't browse...")
+    # would teach the very over-refusal alignment must avoid: those are left out.
+    replies = [_complete_sentences(answer) for answer in answers]
+    declined = judge.refused([prompt.prompt for prompt in benign], replies)
+    for prompt, reply, refused in zip(benign, replies, declined, strict=True):
+        if reply and not refused:
             example = encode_conversation(tokenizer, single_turn(prompt.prompt, reply))
             examples.extend([example] * config.benign_repeats)
     random.Random(config.seed).shuffle(examples)
@@ -106,7 +112,7 @@ def align(
     )
     result = AlignResult(
         n_refusals=len(harmful),
-        n_benign=len(benign),
+        n_benign=len(benign) - sum(declined),
         answer_seconds=answer_seconds,
         training=training,
     )
