@@ -144,7 +144,6 @@ def _own_answers(
             tokenizer,
             missing,
             max_new_tokens=config.answer_tokens,
-            batch_size=16,
             placement=placement,
         )
         stored |= dict(zip(missing, answers, strict=True))

@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from workers.datasets import Conversation, Prompt
 from workers.ml.chat import ChatMessage, single_turn
 from workers.ml.device import Placement, select_placement
-from workers.ml.generation import generate_replies
+from workers.ml.generation import GENERATION_BATCH, generate_replies
 from workers.ml.judges import Judge
 from workers.ml.metrics import contains_any, exact_match, fraction, token_f1
 
@@ -78,7 +78,7 @@ def evaluate(
     *,
     # The keyword judge reads a reply's first 160 characters (~32 tokens); refusals show there.
     max_new_tokens: int = 32,
-    batch_size: int = 16,
+    batch_size: int = GENERATION_BATCH,
     placement: Placement | None = None,
     on_progress: OnProgress | None = None,
 ) -> StageMetrics:

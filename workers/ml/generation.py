@@ -12,6 +12,11 @@ from workers.ml.device import Placement, select_placement
 
 OnBatch = Callable[[int, int], None]  # (prompts done, prompts total)
 
+# Prompts decoded together. Greedy decoding of a small model is bound by per-step overhead, not
+# by arithmetic, so bigger batches are nearly free: on SmolLM2-135M (one CPU core, 64 prompts x
+# 32 tokens) a batch of 64 took 24-31 s, 32 took 38 s and 16 took 40-55 s.
+GENERATION_BATCH = 64
+
 
 @torch.inference_mode()
 def generate_replies(
@@ -20,7 +25,7 @@ def generate_replies(
     conversations: Sequence[Sequence[ChatMessage]],
     *,
     max_new_tokens: int = 48,
-    batch_size: int = 16,
+    batch_size: int = GENERATION_BATCH,
     placement: Placement | None = None,
     on_batch: OnBatch | None = None,
 ) -> list[str]:

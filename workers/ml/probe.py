@@ -20,7 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from workers.datasets import Prompt, normalize_prompt
 from workers.ml.device import Placement, select_placement
-from workers.ml.generation import generate_for_prompts
+from workers.ml.generation import GENERATION_BATCH, generate_for_prompts
 from workers.ml.judges import Judge
 from workers.ml.metrics import fraction
 
@@ -49,7 +49,7 @@ class GenerationProbe:
         judge: Judge,
         *,
         max_new_tokens: int = 24,
-        batch_size: int = 16,
+        batch_size: int = GENERATION_BATCH,
         placement: Placement | None = None,
     ) -> None:
         if not harmful or not benign:
