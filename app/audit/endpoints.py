@@ -13,7 +13,10 @@ from app.core.dependencies import SessionDep
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
 Limit = Annotated[int, Query(ge=1, le=1000)]
-UnixTime = Annotated[int | None, Query(ge=0, description="Unix seconds.")]
+# The last second of year 9999: Python's datetime ends there, so a larger value would be a 500
+# (OverflowError) instead of a 400 naming the parameter.
+MAX_UNIX_TIME = 253_402_300_799
+UnixTime = Annotated[int | None, Query(ge=0, le=MAX_UNIX_TIME, description="Unix seconds.")]
 
 
 def _moment(seconds: int | None) -> datetime | None:
