@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from app.core.db import is_database_unavailable
 
@@ -94,6 +95,8 @@ class ServiceUnavailable(AppError):
         super().__init__(message, code=code)
         self.retry_after_s = retry_after_s
 
+
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 # A PostgreSQL restart or fail-over takes a few seconds; SQLite's busy timeout is 30 s.
 DATABASE_RETRY_AFTER_S = 5
@@ -194,7 +197,24 @@ async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     else:
         message = str(exc.detail)
     kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-    return JSONResponse(error_body(message, kind), status_code=exc.status_code, headers=exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(_allowed_methods(request))
+    return JSONResponse(error_body(message, kind), status_code=exc.status_code, headers=headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method the path takes. Starlette's ``Allow`` names only the methods of the first
+    route that matched the path, but each method of a path is a route of its own (GET and
+    DELETE /v1/files/{id}), and HTTP wants them all."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in HTTP_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes
+        )
+    ]
 
 
 async def database_error_handler(request: Request, exc: Exception) -> JSONResponse:
