@@ -11,6 +11,7 @@ from app.audit.endpoints import router as audit_router
 from app.core.db import SessionFactory, create_db_engine, create_session_factory
 from app.core.errors import install_error_handlers
 from app.core.limits import RequestGuard
+from app.core.openapi import install_openapi
 from app.core.queue import CeleryTaskQueue, TaskQueue, check_broker, create_celery
 from app.core.settings import Settings, get_settings
 from app.files.endpoints import router as files_router
@@ -57,6 +58,7 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    install_openapi(app)
     app.add_middleware(
         RequestGuard,
         default_limit=settings.max_request_bytes,

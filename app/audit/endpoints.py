@@ -9,6 +9,7 @@ from app.audit import service
 from app.audit.schemas import AuditRecordList, AuditRecordRead, AuditVerification
 from app.auth.dependencies import AdminDep, AuthDep
 from app.core.dependencies import SessionDep
+from app.core.openapi import TENANT_ERRORS, error_responses
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
@@ -23,7 +24,7 @@ def _moment(seconds: int | None) -> datetime | None:
     return datetime.fromtimestamp(seconds, UTC) if seconds is not None else None
 
 
-@router.get("", response_model=AuditRecordList)
+@router.get("", response_model=AuditRecordList, responses=TENANT_ERRORS | error_responses(404))
 def list_audit_records(
     auth: AuthDep,
     session: SessionDep,
@@ -50,7 +51,7 @@ def list_audit_records(
     return AuditRecordList(data=[AuditRecordRead.of(r) for r in records], has_more=has_more)
 
 
-@router.get("/verify", response_model=AuditVerification)
+@router.get("/verify", response_model=AuditVerification, responses=error_responses(401, 403, 503))
 def verify_audit_chain(
     _admin: AdminDep,
     session: SessionDep,
