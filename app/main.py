@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from app.audit.endpoints import router as audit_router
 from app.core.db import SessionFactory, create_db_engine, create_session_factory
+from app.core.dependencies import reject_unknown_query_parameters
 from app.core.errors import install_error_handlers
 from app.core.limits import RequestGuard
 from app.core.openapi import install_openapi
@@ -56,6 +57,7 @@ def create_app(
         summary="Fine-tuning as a service that watches safety drift and repairs it.",
         version="0.1.0",
         lifespan=lifespan,
+        dependencies=[Depends(reject_unknown_query_parameters)],
     )
     install_error_handlers(app)
     install_openapi(app)
