@@ -14,6 +14,7 @@ from app.core.errors import install_error_handlers
 from app.core.limits import RequestGuard
 from app.core.openapi import install_openapi
 from app.core.queue import CeleryTaskQueue, TaskQueue, check_broker, create_celery
+from app.core.ratelimit import create_rate_limiter
 from app.core.settings import Settings, get_settings
 from app.files.endpoints import router as files_router
 from app.files.service import upload_body_limit
@@ -46,9 +47,12 @@ def create_app(
             app.state.session_factory = create_session_factory(engine)
         if task_queue is None:
             app.state.task_queue = CeleryTaskQueue(create_celery(settings), settings.queue)
+        app.state.rate_limiter = create_rate_limiter(settings)
         try:
             yield
         finally:
+            if app.state.rate_limiter is not None:
+                app.state.rate_limiter.close()
             if engine is not None:
                 engine.dispose()
 

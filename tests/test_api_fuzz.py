@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import schemathesis
 from fastapi import FastAPI
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from schemathesis import Case
 from schemathesis.checks import positive_data_acceptance
 
@@ -33,13 +34,16 @@ schema.app = _document_app
 
 
 @pytest.fixture
-def settings_for_fuzzing(tmp_path: Path) -> Settings:
-    # A few hundred requests from one tenant: the rate limit is tested on its own.
-    return Settings(data_dir=tmp_path / "data", database_url=None, broker_url=None)
+def settings(tmp_path: Path) -> Settings:
+    # Hundreds of requests from one tenant: the rate limit is tested on its own
+    # (tests/auth/test_rate_limit.py).
+    return Settings(
+        data_dir=tmp_path / "data", database_url=None, broker_url=None, rate_limit_requests=0
+    )
 
 
 @schema.parametrize()
-@settings(
+@hypothesis_settings(
     max_examples=EXAMPLES,
     derandomize=True,
     database=None,

@@ -28,6 +28,8 @@ class AppError(Exception):
     status_code: int = 500
     type: str = "server_error"
     code: str | None = None
+    # Sent as ``Retry-After`` (seconds) when set: when retrying the same request may succeed.
+    retry_after_s: int | None = None
 
     def __init__(
         self,
@@ -84,6 +86,27 @@ class UnsupportedMediaType(AppError):
     code = "unsupported_media_type"
 
 
+class RateLimited(AppError):
+    """Too many requests in the window: 429 with ``Retry-After`` (OpenAI's type and code)."""
+
+    status_code = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class QuotaExceeded(AppError):
+    """A standing per-tenant limit (active jobs): 429, but no ``Retry-After``, since no time
+    can be promised; the message says what frees the quota."""
+
+    status_code = 429
+    type = "insufficient_quota"
+    code = "quota_exceeded"
+
+
 class ServiceUnavailable(AppError):
     """A dependency is briefly away: 503 with ``Retry-After``, so clients back off and retry."""
 
@@ -111,9 +134,7 @@ def error_body(
 def error_response(exc: AppError) -> JSONResponse:
     """The one error body, for handlers and for middleware that answers before routing."""
     body = error_body(exc.message, exc.type, exc.param, exc.code)
-    headers = (
-        {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, ServiceUnavailable) else None
-    )
+    headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
     return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
 
