@@ -23,7 +23,7 @@ from schemathesis.checks import positive_data_acceptance
 
 from app.core.settings import Settings
 from app.main import create_app
-from tests.factories import Caller
+from tests.factories import Caller, make_settings
 
 EXAMPLES = int(os.environ.get("SAFEPATCH_TEST_FUZZ_EXAMPLES", "25"))
 
@@ -37,9 +37,7 @@ schema.app = _document_app
 def settings(tmp_path: Path) -> Settings:
     # Hundreds of requests from one tenant: the rate limit is tested on its own
     # (tests/auth/test_rate_limit.py).
-    return Settings(
-        data_dir=tmp_path / "data", database_url=None, broker_url=None, rate_limit_requests=0
-    )
+    return make_settings(tmp_path, rate_limit_requests=0)
 
 
 @schema.parametrize()

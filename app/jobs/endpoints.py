@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from app.auth.dependencies import AuthDep
-from app.core.dependencies import SessionDep, TaskQueueDep
+from app.core.dependencies import SessionDep, SettingsDep, TaskQueueDep
 from app.core.openapi import TENANT_ERRORS, error_responses
 from app.jobs import service
 from app.jobs.schemas import (
@@ -28,10 +28,21 @@ Limit = Annotated[int, Query(ge=1, le=100)]
 
 @router.post("", response_model=JobRead, responses=error_responses(413))
 def create_job(
-    job_create: JobCreate, auth: AuthDep, session: SessionDep, queue: TaskQueueDep
+    job_create: JobCreate,
+    auth: AuthDep,
+    session: SessionDep,
+    queue: TaskQueueDep,
+    settings: SettingsDep,
 ) -> JobRead:
-    """Create a fine-tuning job; it is queued for a GPU worker."""
-    job = service.create(session, auth=auth, job_create=job_create, queue=queue)
+    """Create a fine-tuning job; it is queued for a GPU worker. 429 while the tenant has
+    ``SAFEPATCH_MAX_ACTIVE_JOBS_PER_TENANT`` unfinished jobs."""
+    job = service.create(
+        session,
+        auth=auth,
+        job_create=job_create,
+        queue=queue,
+        max_active_jobs=settings.max_active_jobs_per_tenant,
+    )
     return JobRead.of(job)
 
 

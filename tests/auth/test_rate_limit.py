@@ -19,7 +19,7 @@ from app.core.settings import Settings
 from app.main import create_app
 from tests.conftest import RecordingQueue
 from tests.databases import RATE_LIMIT_REDIS_URL
-from tests.factories import Caller, create_caller
+from tests.factories import Caller, create_caller, make_settings
 
 JOBS = "/v1/fine_tuning/jobs"
 LIMIT = 3
@@ -36,10 +36,8 @@ def key_prefix() -> Iterator[str]:
 
 
 def limited(tmp_path: Path, redis_url: str | None, key_prefix: str) -> Settings:
-    return Settings(
-        data_dir=tmp_path / "data",
-        database_url=None,
-        broker_url=None,
+    return make_settings(
+        tmp_path,
         rate_limit_requests=LIMIT,
         rate_limit_window_s=60,
         rate_limit_redis_url=redis_url,
