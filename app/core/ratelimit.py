@@ -17,6 +17,8 @@ takes the one database lock the worker needs.
 
 If Redis is unreachable the request is let through (and logged): the limit protects the
 service from a flood, it must not take the API down with Redis (jobs need only the database).
+After a failure the limiter does not ask Redis again for a second, so a Redis that hangs costs
+one request a timeout per second, not every request.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ from app.core.settings import Settings
 log = logging.getLogger(__name__)
 
 # A down Redis must not stall every request: connection refused is immediate, a host that
-# does not answer is given this long.
+# does not answer is given this long, and after a failure Redis is left alone for a while.
 REDIS_TIMEOUT_S = 0.25
+REDIS_BACKOFF_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -142,15 +145,22 @@ class RedisRateLimiter:
             url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
         )
         self._script = self._client.register_script(_GCRA_SCRIPT)
+        self._retry_at = 0.0  # monotonic time before which Redis is not asked
 
     def hit(self, key: str) -> Decision:
+        unchecked = Decision(allowed=True, remaining=0, retry_after_s=0.0)
+        if time.monotonic() < self._retry_at:
+            return unchecked
         try:
             allowed, ahead_us = self._script(
                 keys=[self._prefix + key], args=[self._interval_us, self._window_us]
             )
         except redis.RedisError as error:
-            log.warning("rate limit not checked, Redis unavailable: %s", error)
-            return Decision(allowed=True, remaining=0, retry_after_s=0.0)
+            self._retry_at = time.monotonic() + REDIS_BACKOFF_S
+            log.warning(
+                "rate limit not checked for %.0f s, Redis unavailable: %s", REDIS_BACKOFF_S, error
+            )
+            return unchecked
         return _decision(
             ahead_us / 1e6, bool(allowed), interval=self._interval_us / 1e6, window=self.window_s
         )

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 import uuid
@@ -11,7 +12,13 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from app.core.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter, gcra
+from app.core.ratelimit import (
+    REDIS_TIMEOUT_S,
+    LocalRateLimiter,
+    RateLimiter,
+    RedisRateLimiter,
+    gcra,
+)
 from app.core.settings import Settings
 from tests.databases import RATE_LIMIT_REDIS_URL
 
@@ -108,7 +115,27 @@ def test_redis_away_lets_requests_through_at_once(caplog: pytest.LogCaptureFixtu
     started = time.monotonic()
     assert all(limiter.hit("org-a").allowed for _ in range(3))
     assert time.monotonic() - started < 1.0
-    assert "rate limit not checked, Redis unavailable" in caplog.text
+    assert "rate limit not checked for 1 s, Redis unavailable" in caplog.text
+
+
+def test_a_redis_that_does_not_answer_costs_one_timeout_a_second() -> None:
+    silent = socket.socket()  # accepts connections, never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    try:
+        port = silent.getsockname()[1]
+        limiter = RedisRateLimiter(
+            f"redis://127.0.0.1:{port}/0", limit=1, window_s=60, key_prefix="safepatch-test:"
+        )
+        timings = []
+        for _ in range(20):
+            started = time.monotonic()
+            assert limiter.hit("org-a").allowed
+            timings.append(time.monotonic() - started)
+    finally:
+        silent.close()
+    assert REDIS_TIMEOUT_S <= timings[0] < REDIS_TIMEOUT_S + 0.5
+    assert max(timings[1:]) < 0.01  # within the second after a failure, Redis is not asked
 
 
 def test_redis_is_used_when_the_broker_is_redis() -> None:
