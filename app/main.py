@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from app.audit.endpoints import router as audit_router
 from app.core.db import SessionFactory, create_db_engine, create_session_factory
+from app.core.dependencies import reject_unknown_query_parameters
 from app.core.errors import install_error_handlers
 from app.core.limits import RequestGuard
+from app.core.openapi import install_openapi
 from app.core.queue import CeleryTaskQueue, TaskQueue, check_broker, create_celery
+from app.core.ratelimit import create_rate_limiter
 from app.core.settings import Settings, get_settings
 from app.files.endpoints import router as files_router
 from app.files.service import upload_body_limit
@@ -44,9 +47,12 @@ def create_app(
             app.state.session_factory = create_session_factory(engine)
         if task_queue is None:
             app.state.task_queue = CeleryTaskQueue(create_celery(settings), settings.queue)
+        app.state.rate_limiter = create_rate_limiter(settings)
         try:
             yield
         finally:
+            if app.state.rate_limiter is not None:
+                app.state.rate_limiter.close()
             if engine is not None:
                 engine.dispose()
 
@@ -55,8 +61,10 @@ def create_app(
         summary="Fine-tuning as a service that watches safety drift and repairs it.",
         version="0.1.0",
         lifespan=lifespan,
+        dependencies=[Depends(reject_unknown_query_parameters)],
     )
     install_error_handlers(app)
+    install_openapi(app)
     app.add_middleware(
         RequestGuard,
         default_limit=settings.max_request_bytes,

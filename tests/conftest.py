@@ -22,7 +22,7 @@ from app.core.settings import Settings
 from app.db import migrate
 from app.main import create_app
 from tests.databases import BACKENDS, scratch_database
-from tests.factories import Caller, create_caller
+from tests.factories import Caller, create_caller, make_settings
 
 
 class RecordingQueue:
@@ -82,14 +82,9 @@ def session(session_factory: SessionFactory) -> Iterator[Session]:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(
-        data_dir=tmp_path / "data",
-        database_url=None,
-        broker_url=None,
-        # Tests upload files of a few examples; the minimum of 10 is tested on its own
-        # (tests/files/test_hostile_uploads.py).
-        upload_min_examples=1,
-    )
+    # Tests upload files of a few examples; the minimum of 10 is tested on its own
+    # (tests/files/test_hostile_uploads.py).
+    return make_settings(tmp_path, upload_min_examples=1)
 
 
 @pytest.fixture

@@ -16,6 +16,10 @@ POSTGRES_URL = os.environ.get(
     "SAFEPATCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 REDIS_URL = os.environ.get("SAFEPATCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# The rate limit's tests: their own database number, and a key prefix per test (tests/core).
+RATE_LIMIT_REDIS_URL = os.environ.get(
+    "SAFEPATCH_TEST_RATE_LIMIT_REDIS_URL", "redis://127.0.0.1:6379/15"
+)
 BACKENDS = ("postgresql", "sqlite")
 
 

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from app.auth import service as auth_service
 from app.auth.service import AuthContext
 from app.core.ids import random_token
+from app.core.settings import Settings
 from app.db.models import (
     BaseModelRecord,
     File,
@@ -28,6 +29,11 @@ from app.models import repository as models_repository
 from workers.manifest import MANIFEST, describe
 
 BASE_MODEL = "smollm2-135m-instruct"
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    """Embedded-mode settings under ``tmp_path`` (no servers named), with ``overrides``."""
+    return Settings(data_dir=tmp_path / "data", database_url=None, broker_url=None, **overrides)
 
 
 @dataclass
@@ -89,7 +95,13 @@ def create_job(session: Session, caller: Caller, **fields: Any) -> FineTuningJob
     if "training_file" not in fields:
         fields["training_file"] = create_file(session, caller).id
     request = JobCreate.model_validate({"model": BASE_MODEL} | fields)
-    job = job_service.create(session, auth=caller.auth, job_create=request, queue=NullQueue())
+    job = job_service.create(
+        session,
+        auth=caller.auth,
+        job_create=request,
+        queue=NullQueue(),
+        max_active_jobs=Settings.model_fields["max_active_jobs_per_tenant"].default,
+    )
     session.commit()
     return job
 

@@ -9,18 +9,22 @@ from app.audit import service
 from app.audit.schemas import AuditRecordList, AuditRecordRead, AuditVerification
 from app.auth.dependencies import AdminDep, AuthDep
 from app.core.dependencies import SessionDep
+from app.core.openapi import TENANT_ERRORS, error_responses
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
 Limit = Annotated[int, Query(ge=1, le=1000)]
-UnixTime = Annotated[int | None, Query(ge=0, description="Unix seconds.")]
+# The last second of year 9999: Python's datetime ends there, so a larger value would be a 500
+# (OverflowError) instead of a 400 naming the parameter.
+MAX_UNIX_TIME = 253_402_300_799
+UnixTime = Annotated[int | None, Query(ge=0, le=MAX_UNIX_TIME, description="Unix seconds.")]
 
 
 def _moment(seconds: int | None) -> datetime | None:
     return datetime.fromtimestamp(seconds, UTC) if seconds is not None else None
 
 
-@router.get("", response_model=AuditRecordList)
+@router.get("", response_model=AuditRecordList, responses=TENANT_ERRORS | error_responses(404))
 def list_audit_records(
     auth: AuthDep,
     session: SessionDep,
@@ -47,7 +51,7 @@ def list_audit_records(
     return AuditRecordList(data=[AuditRecordRead.of(r) for r in records], has_more=has_more)
 
 
-@router.get("/verify", response_model=AuditVerification)
+@router.get("/verify", response_model=AuditVerification, responses=error_responses(401, 403, 503))
 def verify_audit_chain(
     _admin: AdminDep,
     session: SessionDep,

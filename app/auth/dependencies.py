@@ -6,6 +6,7 @@ from fastapi import Depends, Request
 
 from app.auth import service
 from app.auth.service import AdminContext, AuthContext
+from app.core import ratelimit
 from app.core.dependencies import SessionDep, SettingsDep
 from app.core.errors import AuthenticationFailed
 
@@ -24,9 +25,13 @@ def _bearer_token(request: Request) -> str:
 
 
 def get_auth(request: Request, session: SessionDep) -> AuthContext:
-    """Authenticate ``Authorization: Bearer sp-...``."""
+    """Authenticate ``Authorization: Bearer sp-...`` and count the request against the
+    tenant's rate limit."""
     client = request.client.host if request.client is not None else None
-    return service.authenticate(session, token=_bearer_token(request), client=client)
+    auth = service.authenticate(session, token=_bearer_token(request), client=client)
+    # Counted per tenant, after authentication: a refused key costs no tenant its budget.
+    ratelimit.check(request.app.state.rate_limiter, auth.tenant.id)
+    return auth
 
 
 def get_admin(request: Request, settings: SettingsDep) -> AdminContext:

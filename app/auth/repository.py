@@ -16,6 +16,12 @@ def get_key_with_tenant(session: Session, key_hash: str) -> tuple[APIKey, Tenant
     return (row[0], row[1]) if row else None
 
 
+def lock_tenant(session: Session, tenant_id: str) -> None:
+    """Hold the tenant's row until the transaction ends: serializes the tenant's quota checks
+    (count, then insert) across API processes. SQLite's BEGIN IMMEDIATE already has."""
+    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+
+
 def get_tenant_by_name(session: Session, name: str) -> Tenant | None:
     return session.scalars(select(Tenant).where(Tenant.name == name)).first()
 

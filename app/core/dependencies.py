@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from app.core.db import SessionFactory, discard_after_commit, run_after_commit
-from app.core.errors import UnsupportedMediaType
+from app.core.errors import InvalidRequest, UnsupportedMediaType
 from app.core.queue import TaskQueue
 from app.core.settings import Settings
 
@@ -54,6 +54,24 @@ def require_form(request: Request) -> None:
             f"Unsupported Content-Type {shown}: upload files as multipart/form-data "
             "with a 'file' part and a 'purpose' field."
         )
+
+
+def reject_unknown_query_parameters(request: Request) -> None:
+    """400 for a query parameter the operation does not document, as for an unknown key in a
+    JSON body: a misspelt filter (``/v1/audit?jobs=...``) would otherwise be ignored, and the
+    caller would read every record as the ones it asked for."""
+    if not request.query_params:
+        return
+    path = getattr(request.scope.get("route"), "path", None)
+    operation = request.app.openapi()["paths"].get(path, {}).get(request.method.lower(), {})
+    known = {p["name"] for p in operation.get("parameters", ()) if p["in"] == "query"}
+    for name in request.query_params:
+        if name not in known:
+            raise InvalidRequest(
+                f"Unrecognized query parameter supplied: {name[:100]!r}.",
+                param=name[:100] or None,
+                code="unknown_parameter",
+            )
 
 
 # scope="function": the session closes (and commits) *before* the response is sent, so a failed

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from app.core.db import is_database_unavailable
 
@@ -27,6 +28,8 @@ class AppError(Exception):
     status_code: int = 500
     type: str = "server_error"
     code: str | None = None
+    # Sent as ``Retry-After`` (seconds) when set: when retrying the same request may succeed.
+    retry_after_s: int | None = None
 
     def __init__(
         self,
@@ -83,6 +86,27 @@ class UnsupportedMediaType(AppError):
     code = "unsupported_media_type"
 
 
+class RateLimited(AppError):
+    """Too many requests in the window: 429 with ``Retry-After`` (OpenAI's type and code)."""
+
+    status_code = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class QuotaExceeded(AppError):
+    """A standing per-tenant limit (active jobs): 429, but no ``Retry-After``, since no time
+    can be promised; the message says what frees the quota."""
+
+    status_code = 429
+    type = "insufficient_quota"
+    code = "quota_exceeded"
+
+
 class ServiceUnavailable(AppError):
     """A dependency is briefly away: 503 with ``Retry-After``, so clients back off and retry."""
 
@@ -94,6 +118,8 @@ class ServiceUnavailable(AppError):
         super().__init__(message, code=code)
         self.retry_after_s = retry_after_s
 
+
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 # A PostgreSQL restart or fail-over takes a few seconds; SQLite's busy timeout is 30 s.
 DATABASE_RETRY_AFTER_S = 5
@@ -108,9 +134,7 @@ def error_body(
 def error_response(exc: AppError) -> JSONResponse:
     """The one error body, for handlers and for middleware that answers before routing."""
     body = error_body(exc.message, exc.type, exc.param, exc.code)
-    headers = (
-        {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, ServiceUnavailable) else None
-    )
+    headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
     return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
 
@@ -194,7 +218,24 @@ async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     else:
         message = str(exc.detail)
     kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-    return JSONResponse(error_body(message, kind), status_code=exc.status_code, headers=exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(_allowed_methods(request))
+    return JSONResponse(error_body(message, kind), status_code=exc.status_code, headers=headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method the path takes. Starlette's ``Allow`` names only the methods of the first
+    route that matched the path, but each method of a path is a route of its own (GET and
+    DELETE /v1/files/{id}), and HTTP wants them all."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in HTTP_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes
+        )
+    ]
 
 
 async def database_error_handler(request: Request, exc: Exception) -> JSONResponse:

@@ -74,6 +74,32 @@ class Settings(BaseSettings):
         description="Tokens per example, bounded from above by UTF-8 bytes plus a template "
         "allowance (workers.datasets.example_token_bound).",
     )
+    # Per-tenant limits (docs/reliability.md#rate-limits-and-quotas).
+    rate_limit_requests: int = Field(
+        600,
+        ge=0,
+        description="Requests a tenant may make per rate_limit_window_s, in bursts of up to as "
+        "many (else 429 with Retry-After); 0 turns the limit off.",
+    )
+    rate_limit_window_s: float = Field(60.0, gt=0, description="The rate limit's window.")
+    rate_limit_redis_url: str | None = Field(
+        None,
+        description="Redis that holds the counts, shared by every API process; unset: the "
+        "broker if it is Redis, else in process memory (one API process, embedded mode).",
+    )
+    rate_limit_key_prefix: str = Field(
+        "safepatch:ratelimit:", description="Prefix of the rate limit's Redis keys."
+    )
+    max_active_jobs_per_tenant: int = Field(
+        6,
+        ge=1,
+        description="Jobs a tenant may have validating, queued or running at once (else 429).",
+    )
+    storage_quota_bytes_per_tenant: int = Field(
+        100 * 1024**3,
+        ge=1,
+        description="Total bytes of a tenant's uploaded files (else 413).",
+    )
     admin_key_sha256: str | None = Field(
         None,
         pattern=r"^[0-9a-f]{64}$",
@@ -82,7 +108,12 @@ class Settings(BaseSettings):
     )
 
     @field_validator(
-        "database_url", "broker_url", "result_backend", "admin_key_sha256", mode="before"
+        "database_url",
+        "broker_url",
+        "result_backend",
+        "admin_key_sha256",
+        "rate_limit_redis_url",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
@@ -131,6 +162,12 @@ class Settings(BaseSettings):
             password = urlsplit(url).password
             if password in DEFAULT_PASSWORDS:
                 raise ValueError(f"env=prod: {name} uses a default password; set a real secret")
+        if self.rate_limit_requests and self.effective_rate_limit_redis_url is None:
+            raise ValueError(
+                "env=prod needs Redis for the rate limit (SAFEPATCH_RATE_LIMIT_REDIS_URL, or a "
+                "redis:// broker): counted in each API process, the limit would be multiplied "
+                "by the number of processes"
+            )
         return self
 
     @property
@@ -145,6 +182,14 @@ class Settings(BaseSettings):
     @property
     def effective_broker_url(self) -> str:
         return self.broker_url or "filesystem://localhost//"
+
+    @property
+    def effective_rate_limit_redis_url(self) -> str | None:
+        if self.rate_limit_redis_url is not None:
+            return self.rate_limit_redis_url
+        if self.broker_url is not None and self.broker_url.startswith(("redis://", "rediss://")):
+            return self.broker_url
+        return None
 
     @property
     def broker_dir(self) -> Path:

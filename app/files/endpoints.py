@@ -8,18 +8,24 @@ from fastapi.responses import Response
 
 from app.auth.dependencies import AuthDep
 from app.core.dependencies import FormDep, SessionDep, SettingsDep
+from app.core.openapi import TENANT_ERRORS, binary_responses, error_responses
 from app.files import service
 from app.files.schemas import FileDeleted, FileList, FileRead
+from app.files.service import PURPOSES
 
-router = APIRouter(prefix="/v1/files", tags=["files"])
+router = APIRouter(prefix="/v1/files", tags=["files"], responses=TENANT_ERRORS)
+NOT_FOUND = error_responses(404)
 
 Limit = Annotated[int, Query(ge=1, le=10_000)]
 
 
-@router.post("", response_model=FileRead)
+@router.post("", response_model=FileRead, responses=error_responses(413, 415))
 def upload_file(
     file: Annotated[UploadFile, FormFile(description="Chat JSONL, one example per line.")],
-    purpose: Annotated[str, Form(description="Only 'fine-tune'.")],
+    # Checked by the service, which names the purposes it takes; the enum documents them.
+    purpose: Annotated[
+        str, Form(description="Only 'fine-tune'.", json_schema_extra={"enum": list(PURPOSES)})
+    ],
     auth: AuthDep,
     _form: FormDep,
     session: SessionDep,
@@ -41,7 +47,7 @@ def upload_file(
     return FileRead.of(stored)
 
 
-@router.get("", response_model=FileList)
+@router.get("", response_model=FileList, responses=NOT_FOUND)
 def list_files(
     auth: AuthDep,
     session: SessionDep,
@@ -56,12 +62,16 @@ def list_files(
     return FileList(data=[FileRead.of(file) for file in files], has_more=has_more)
 
 
-@router.get("/{file_id}", response_model=FileRead)
+@router.get("/{file_id}", response_model=FileRead, responses=NOT_FOUND)
 def get_file(file_id: str, auth: AuthDep, session: SessionDep) -> FileRead:
     return FileRead.of(service.get(session, auth=auth, file_id=file_id))
 
 
-@router.get("/{file_id}/content", response_class=Response)
+@router.get(
+    "/{file_id}/content",
+    response_class=Response,
+    responses=binary_responses("application/jsonl", 200) | NOT_FOUND,
+)
 def get_file_content(file_id: str, auth: AuthDep, session: SessionDep) -> Response:
     """The file's bytes as uploaded."""
     file, data = service.read_content(session, auth=auth, file_id=file_id)
@@ -72,7 +82,7 @@ def get_file_content(file_id: str, auth: AuthDep, session: SessionDep) -> Respon
     )
 
 
-@router.delete("/{file_id}", response_model=FileDeleted)
+@router.delete("/{file_id}", response_model=FileDeleted, responses=NOT_FOUND)
 def delete_file(file_id: str, auth: AuthDep, session: SessionDep) -> FileDeleted:
     file = service.delete(session, auth=auth, file_id=file_id)
     return FileDeleted(id=file.id)

@@ -33,6 +33,12 @@ def list_for_tenant(
     return session.scalars(statement.limit(limit)).all()
 
 
+def total_bytes(session: Session, tenant_id: str) -> int:
+    """What the tenant's files take, as uploaded (content shared with others counts for each)."""
+    total = session.scalar(select(func.sum(File.bytes)).where(File.tenant_id == tenant_id))
+    return int(total or 0)
+
+
 def count_by_sha256(session: Session, sha256: str) -> int:
     """How many file rows (any tenant) share this stored content."""
     return session.scalar(select(func.count()).where(File.sha256 == sha256)) or 0

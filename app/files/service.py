@@ -11,6 +11,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
+from app.auth import repository as auth_repository
 from app.auth.service import AuthContext
 from app.core.db import after_commit
 from app.core.errors import InvalidRequest, NotFound, PayloadTooLarge
@@ -86,6 +87,25 @@ def _validate(settings: Settings, filename: str, data: bytes) -> int:
     return len(conversations)
 
 
+def _check_storage_quota(
+    session: Session, auth: AuthContext, settings: Settings, size: int
+) -> None:
+    """413 when the file would take the tenant's files past its storage quota. Checked after
+    validation, so the tenant's row (locked until the file is committed, as for jobs) is not
+    held while a large file is read."""
+    auth_repository.lock_tenant(session, auth.tenant.id)
+    used = repository.total_bytes(session, auth.tenant.id)
+    quota = settings.storage_quota_bytes_per_tenant
+    if used + size > quota:
+        raise PayloadTooLarge(
+            f"Storage quota exceeded: your organization's files take {used} bytes and this one "
+            f"{size}, over the quota of {quota} bytes. Delete files you no longer need "
+            "(DELETE /v1/files/{id}), then upload again.",
+            param="file",
+            code="storage_quota_exceeded",
+        )
+
+
 def create(
     session: Session,
     *,
@@ -109,6 +129,7 @@ def create(
         )
     _check_filename(filename)
     examples = _validate(settings, filename, data)
+    _check_storage_quota(session, auth, settings, len(data))
     sha256 = hashlib.sha256(data).hexdigest()
     path = blob_path(settings, sha256)
     _store(path, data)

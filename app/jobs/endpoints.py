@@ -5,7 +5,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from app.auth.dependencies import AuthDep
-from app.core.dependencies import SessionDep, TaskQueueDep
+from app.core.dependencies import SessionDep, SettingsDep, TaskQueueDep
+from app.core.openapi import TENANT_ERRORS, error_responses
 from app.jobs import service
 from app.jobs.schemas import (
     CheckpointList,
@@ -17,21 +18,35 @@ from app.jobs.schemas import (
     JobRead,
 )
 
-router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning jobs"])
+router = APIRouter(
+    prefix="/v1/fine_tuning/jobs", tags=["fine-tuning jobs"], responses=TENANT_ERRORS
+)
+NOT_FOUND = error_responses(404)
 
 Limit = Annotated[int, Query(ge=1, le=100)]
 
 
-@router.post("", response_model=JobRead)
+@router.post("", response_model=JobRead, responses=error_responses(413))
 def create_job(
-    job_create: JobCreate, auth: AuthDep, session: SessionDep, queue: TaskQueueDep
+    job_create: JobCreate,
+    auth: AuthDep,
+    session: SessionDep,
+    queue: TaskQueueDep,
+    settings: SettingsDep,
 ) -> JobRead:
-    """Create a fine-tuning job; it is queued for a GPU worker."""
-    job = service.create(session, auth=auth, job_create=job_create, queue=queue)
+    """Create a fine-tuning job; it is queued for a GPU worker. 429 while the tenant has
+    ``SAFEPATCH_MAX_ACTIVE_JOBS_PER_TENANT`` unfinished jobs."""
+    job = service.create(
+        session,
+        auth=auth,
+        job_create=job_create,
+        queue=queue,
+        max_active_jobs=settings.max_active_jobs_per_tenant,
+    )
     return JobRead.of(job)
 
 
-@router.get("", response_model=JobList)
+@router.get("", response_model=JobList, responses=NOT_FOUND)
 def list_jobs(
     auth: AuthDep, session: SessionDep, after: str | None = None, limit: Limit = 20
 ) -> JobList:
@@ -40,18 +55,20 @@ def list_jobs(
     return JobList(data=[JobRead.of(job) for job in jobs], has_more=has_more)
 
 
-@router.get("/{fine_tuning_job_id}", response_model=JobRead)
+@router.get("/{fine_tuning_job_id}", response_model=JobRead, responses=NOT_FOUND)
 def get_job(fine_tuning_job_id: str, auth: AuthDep, session: SessionDep) -> JobRead:
     return JobRead.of(service.get(session, auth=auth, job_id=fine_tuning_job_id))
 
 
-@router.post("/{fine_tuning_job_id}/cancel", response_model=JobRead)
+@router.post(
+    "/{fine_tuning_job_id}/cancel", response_model=JobRead, responses=error_responses(404, 409)
+)
 def cancel_job(fine_tuning_job_id: str, auth: AuthDep, session: SessionDep) -> JobRead:
     """Cancel a job: at once if it hasn't started, else at the worker's next checkpoint."""
     return JobRead.of(service.cancel(session, auth=auth, job_id=fine_tuning_job_id))
 
 
-@router.get("/{fine_tuning_job_id}/events", response_model=JobEventList)
+@router.get("/{fine_tuning_job_id}/events", response_model=JobEventList, responses=NOT_FOUND)
 def list_job_events(
     fine_tuning_job_id: str,
     auth: AuthDep,
@@ -66,7 +83,7 @@ def list_job_events(
     return JobEventList(data=[JobEventRead.of(event) for event in events], has_more=has_more)
 
 
-@router.get("/{fine_tuning_job_id}/checkpoints", response_model=CheckpointList)
+@router.get("/{fine_tuning_job_id}/checkpoints", response_model=CheckpointList, responses=NOT_FOUND)
 def list_job_checkpoints(
     fine_tuning_job_id: str,
     auth: AuthDep,

@@ -45,6 +45,15 @@ def list_for_tenant(
     return session.scalars(statement.limit(limit)).all()
 
 
+def count_active(session: Session, tenant_id: str) -> int:
+    """The tenant's jobs that are not finished: validating files, queued or running."""
+    active = (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING)
+    statement = select(func.count()).where(
+        FineTuningJob.tenant_id == tenant_id, FineTuningJob.status.in_(active)
+    )
+    return session.scalar(statement) or 0
+
+
 def next_event_seq(session: Session, job_id: str) -> int:
     """The next event number of a job. The caller holds the job's row lock (see service)."""
     current = session.scalar(select(func.max(JobEvent.seq)).where(JobEvent.job_id == job_id))

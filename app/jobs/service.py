@@ -11,9 +11,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
+from app.auth import repository as auth_repository
 from app.auth.service import AuthContext
 from app.core.db import after_commit
-from app.core.errors import InvalidRequest, NotFound
+from app.core.errors import InvalidRequest, NotFound, QuotaExceeded
 from app.core.queue import TaskQueue
 from app.db.models import FineTuningJob, JobEvent, ModelKind, ModelVersion
 from app.files import repository as files_repository
@@ -130,8 +131,28 @@ def _hyperparameters(job_create: JobCreate) -> Hyperparameters:
     return top or nested or Hyperparameters()
 
 
+def _check_active_jobs(session: Session, auth: AuthContext, *, max_active: int) -> None:
+    """429 once the tenant has ``max_active`` unfinished jobs: one tenant must not fill the GPU
+    queue for everyone. The tenant's row stays locked until the new job is committed, so two
+    requests at once cannot both take the last place."""
+    auth_repository.lock_tenant(session, auth.tenant.id)
+    active = repository.count_active(session, auth.tenant.id)
+    if active >= max_active:
+        raise QuotaExceeded(
+            f"Your organization has {active} fine-tuning jobs validating, queued or running, "
+            f"the most allowed at once ({max_active}). Wait for one to finish, or cancel one, "
+            "then create the job again.",
+            code="active_jobs_quota_exceeded",
+        )
+
+
 def create(
-    session: Session, *, auth: AuthContext, job_create: JobCreate, queue: TaskQueue
+    session: Session,
+    *,
+    auth: AuthContext,
+    job_create: JobCreate,
+    queue: TaskQueue,
+    max_active_jobs: int,
 ) -> FineTuningJob:
     """Create a job and enqueue it once the request's transaction has committed."""
     hyperparameters = _hyperparameters(job_create)
@@ -140,6 +161,7 @@ def create(
     _check_file(session, auth, job_create.training_file, param="training_file")
     if job_create.validation_file is not None:
         _check_file(session, auth, job_create.validation_file, param="validation_file")
+    _check_active_jobs(session, auth, max_active=max_active_jobs)
     job = FineTuningJob(
         tenant_id=auth.tenant.id,
         model=job_create.model,

@@ -5,11 +5,12 @@ from fastapi.responses import FileResponse
 
 from app.auth.dependencies import AuthDep
 from app.core.dependencies import SessionDep
+from app.core.openapi import TENANT_ERRORS, binary_responses, error_responses
 from app.db.models import BaseModelRecord
 from app.models import service
 from app.models.schemas import ModelFileList, ModelFileRead, ModelList, ModelRead
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=TENANT_ERRORS)
 
 
 def _read(session: SessionDep, model: service.AnyModel) -> ModelRead:
@@ -27,13 +28,13 @@ def list_models(auth: AuthDep, session: SessionDep) -> ModelList:
     return ModelList(data=[_read(session, m) for m in service.list_models(session, auth=auth)])
 
 
-@router.get("/{model}", response_model=ModelRead)
+@router.get("/{model}", response_model=ModelRead, responses=error_responses(404))
 def get_model(model: str, auth: AuthDep, session: SessionDep) -> ModelRead:
     """One model: lineage, safety metrics, sha256, size, status."""
     return _read(session, service.get(session, auth=auth, model=model))
 
 
-@router.get("/{model}/files", response_model=ModelFileList)
+@router.get("/{model}/files", response_model=ModelFileList, responses=error_responses(403, 404))
 def list_model_files(model: str, auth: AuthDep, session: SessionDep) -> ModelFileList:
     """The checkpoint's files (Hugging Face layout) with their sha256; 403 if quarantined."""
     version, listed = service.files(session, auth=auth, model=model)
@@ -44,7 +45,12 @@ def list_model_files(model: str, auth: AuthDep, session: SessionDep) -> ModelFil
     )
 
 
-@router.get("/{model}/files/{filename}", response_class=FileResponse)
+@router.get(
+    "/{model}/files/{filename}",
+    response_class=FileResponse,
+    responses=binary_responses("application/octet-stream", 200, 206)
+    | error_responses(403, 404, 416, 500),
+)
 def download_model_file(
     model: str, filename: str, request: Request, auth: AuthDep, session: SessionDep
 ) -> FileResponse:

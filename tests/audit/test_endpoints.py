@@ -97,3 +97,10 @@ def test_bad_filters_are_400s(client: TestClient, caller: Caller) -> None:
     assert both.status_code == 400
     negative = client.get(AUDIT, params={"since": -1}, headers=caller.headers)
     assert negative.status_code == 400 and negative.json()["error"]["param"] == "since"
+    # Past year 9999 (datetime's end) or time_t: found by tests/test_api_fuzz.py as 500s.
+    for name, value in [("since", 253_402_300_800), ("until", 2**63), ("since", 67768036191676800)]:
+        beyond = client.get(AUDIT, params={name: value}, headers=caller.headers)
+        assert beyond.status_code == 400, (name, value)
+        assert beyond.json()["error"]["param"] == name
+    last = client.get(AUDIT, params={"until": 253_402_300_799}, headers=caller.headers)
+    assert last.status_code == 200

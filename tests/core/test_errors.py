@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -30,6 +31,24 @@ def test_wrong_method_is_a_405_in_the_same_body(client: TestClient) -> None:
     response = client.delete("/healthz")
     assert response.status_code == 405
     assert error_of(response)["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("OPTIONS", "/v1/files", "GET, POST"),
+        ("PUT", "/v1/files/file-abc", "DELETE, GET"),
+        ("DELETE", "/v1/fine_tuning/jobs/ftjob-abc", "GET"),
+        ("GET", "/v1/fine_tuning/jobs/ftjob-abc/cancel", "POST"),
+    ],
+)
+def test_a_405_lists_every_method_of_the_path(
+    client: TestClient, method: str, path: str, allow: str
+) -> None:
+    # Starlette named only the first route's method (found by tests/test_api_fuzz.py).
+    response = client.request(method, path)
+    assert response.status_code == 405
+    assert response.headers["allow"] == allow
 
 
 def test_malformed_json_is_a_400(client: TestClient) -> None:

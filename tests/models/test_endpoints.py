@@ -45,6 +45,10 @@ class Lineage:
 
 @pytest.fixture
 def models(session: Session, caller: Caller, tmp_path: Path) -> Lineage:
+    return create_lineage(session, caller, tmp_path)
+
+
+def create_lineage(session: Session, caller: Caller, tmp_path: Path) -> Lineage:
     """What a drifted-then-patched job leaves: a checkpoint and the fine-tuned model
     (quarantined), and the patched model (ready) whose parent is the fine-tuned one."""
     job = create_job(session, caller, suffix="demo")

@@ -1,0 +1,157 @@
+"""The per-tenant rate limiter (GCRA), in memory and in the real Redis (tests/databases.py:
+``RATE_LIMIT_REDIS_URL``, database 15, a key prefix per test)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from app.core.ratelimit import (
+    REDIS_TIMEOUT_S,
+    LocalRateLimiter,
+    RateLimiter,
+    RedisRateLimiter,
+    gcra,
+)
+from app.core.settings import Settings
+from tests.databases import RATE_LIMIT_REDIS_URL
+
+
+@pytest.fixture
+def key_prefix() -> Iterator[str]:
+    prefix = f"safepatch-test:{uuid.uuid4().hex}:"
+    yield prefix
+    client = redis.Redis.from_url(RATE_LIMIT_REDIS_URL)
+    keys = list(client.scan_iter(f"{prefix}*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def make_limiter(kind: str, limit: int, window_s: float, prefix: str) -> RateLimiter:
+    if kind == "memory":
+        return LocalRateLimiter(limit, window_s)
+    return RedisRateLimiter(RATE_LIMIT_REDIS_URL, limit=limit, window_s=window_s, key_prefix=prefix)
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_a_burst_of_the_limit_passes_then_one_interval_must_pass(
+    kind: str, key_prefix: str
+) -> None:
+    limiter = make_limiter(kind, 5, 1.0, key_prefix)
+    decisions = [limiter.hit("org-a") for _ in range(5)]
+    assert [d.allowed for d in decisions] == [True] * 5
+    assert [d.remaining for d in decisions] == [4, 3, 2, 1, 0]
+
+    refused = limiter.hit("org-a")
+    assert not refused.allowed
+    assert 0.1 < refused.retry_after_s <= 0.2  # one interval (1 s / 5), less the time spent
+    assert limiter.hit("org-b").allowed  # another tenant's budget is its own
+
+    time.sleep(refused.retry_after_s + 0.02)
+    assert limiter.hit("org-a").allowed
+    assert not limiter.hit("org-a").allowed  # one interval bought one request, not a burst
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_a_steady_rate_at_the_limit_is_never_refused(kind: str, key_prefix: str) -> None:
+    limiter = make_limiter(kind, 10, 0.5, key_prefix)  # one request per 50 ms
+    for _ in range(10):
+        limiter.hit("org-a")
+    allowed = 0
+    for _ in range(6):
+        time.sleep(0.055)
+        allowed += limiter.hit("org-a").allowed
+    assert allowed == 6
+
+
+def test_the_arithmetic_never_lets_twice_the_limit_through_around_a_window_edge() -> None:
+    # A fixed window counter lets `limit` through at the end of one window and `limit` more at
+    # the start of the next; GCRA lets through `limit` in any window.
+    tat, passed = None, []
+    for now in [0.99] * 10 + [1.01] * 10:
+        tat_after, allowed = gcra(tat, now, interval=0.1, window=1.0)
+        tat = tat_after
+        passed.append(allowed)
+    assert sum(passed) == 10
+
+
+def test_api_processes_share_one_budget_in_redis(key_prefix: str) -> None:
+    """Eight API processes, each with its own connection, hammering one tenant at once: exactly
+    the limit passes (the check and the update are one atomic script)."""
+    limit, processes, hits_each = 100, 8, 25
+    allowed: list[int] = []
+
+    def one_process() -> None:
+        limiter = make_limiter("redis", limit, 60.0, key_prefix)
+        allowed.append(sum(limiter.hit("org-a").allowed for _ in range(hits_each)))
+        limiter.close()
+
+    threads = [threading.Thread(target=one_process) for _ in range(processes)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(allowed) == limit
+
+
+def test_a_key_expires_once_its_budget_is_whole_again(key_prefix: str) -> None:
+    limiter = make_limiter("redis", 5, 1.0, key_prefix)
+    limiter.hit("org-a")
+    ttl_ms = redis.Redis.from_url(RATE_LIMIT_REDIS_URL).pttl(f"{key_prefix}org-a")
+    assert 0 < ttl_ms <= 200  # one interval: after it, the tenant has its whole burst back
+
+
+def test_redis_away_lets_requests_through_at_once(caplog: pytest.LogCaptureFixture) -> None:
+    limiter = RedisRateLimiter(
+        "redis://127.0.0.1:1/0", limit=1, window_s=60, key_prefix="safepatch-test:"
+    )
+    started = time.monotonic()
+    assert all(limiter.hit("org-a").allowed for _ in range(3))
+    assert time.monotonic() - started < 1.0
+    assert "rate limit not checked for 1 s, Redis unavailable" in caplog.text
+
+
+def test_a_redis_that_does_not_answer_costs_one_timeout_a_second() -> None:
+    silent = socket.socket()  # accepts connections, never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    try:
+        port = silent.getsockname()[1]
+        limiter = RedisRateLimiter(
+            f"redis://127.0.0.1:{port}/0", limit=1, window_s=60, key_prefix="safepatch-test:"
+        )
+        timings = []
+        for _ in range(20):
+            started = time.monotonic()
+            assert limiter.hit("org-a").allowed
+            timings.append(time.monotonic() - started)
+    finally:
+        silent.close()
+    assert REDIS_TIMEOUT_S <= timings[0] < REDIS_TIMEOUT_S + 0.5
+    assert max(timings[1:]) < 0.01  # within the second after a failure, Redis is not asked
+
+
+def test_redis_is_used_when_the_broker_is_redis() -> None:
+    broker = "redis://127.0.0.1:6379/0"
+    assert Settings(broker_url=broker).effective_rate_limit_redis_url == broker
+    assert Settings(broker_url="amqp://rabbit//").effective_rate_limit_redis_url is None
+    own = "redis://127.0.0.1:6379/3"
+    assert (
+        Settings(broker_url=broker, rate_limit_redis_url=own).effective_rate_limit_redis_url == own
+    )
+    assert Settings(database_url=None, broker_url=None).effective_rate_limit_redis_url is None
+
+
+def test_production_refuses_a_limit_counted_per_process() -> None:
+    urls = {"database_url": "postgresql+psycopg://app:s3cret@db/safepatch"}
+    with pytest.raises(ValueError, match="needs Redis for the rate limit"):
+        Settings(env="prod", broker_url="amqp://app:s3cret@rabbit//", **urls)
+    Settings(env="prod", broker_url="amqp://app:s3cret@rabbit//", rate_limit_requests=0, **urls)
+    Settings(env="prod", broker_url="redis://:s3cret@redis:6379/0", **urls)
