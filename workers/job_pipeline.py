@@ -34,6 +34,7 @@ from app.db.models import (
     ModelVersion,
 )
 from app.files import repository as files_repository
+from app.jobs import repository as jobs_repository
 from app.jobs import service as jobs
 from app.jobs.states import JobStage, JobStatus, is_allowed
 from app.models import repository as models_repository
@@ -177,6 +178,10 @@ class JobEventSink:
         self.train_loss: float | None = None  # the latest step's, for the next checkpoint
         self._last_beat = clock()
         self._last_step_event = 0.0
+        # The last step an earlier attempt logged, read at this attempt's first step event. A
+        # resumed attempt retrains the steps after its checkpoint, and the dead one may have
+        # logged some of them (with a loss that need not match to the last digit on a GPU).
+        self._logged_through: int | None = None
         # Clock and step count the pace is measured from.
         self._training_started: float | None = None
         self._timed_from_step = 0
@@ -217,6 +222,11 @@ class JobEventSink:
         self._last_step_event = now
         with self.run.transaction() as (session, job):
             job.estimated_finish = self._estimated_finish(now)
+            if self._logged_through is None:
+                last = jobs_repository.last_logged_step(session, job.id) if self.run.resumed else 0
+                self._logged_through = last
+            if self.step <= self._logged_through:  # retrained after a resume: logged already
+                return
             jobs.add_event(
                 session,
                 job,

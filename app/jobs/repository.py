@@ -60,6 +60,14 @@ def next_event_seq(session: Session, job_id: str) -> int:
     return (current or 0) + 1
 
 
+def last_logged_step(session: Session, job_id: str) -> int:
+    """The highest fine-tuning step the job's metrics events report (0 if none): the step
+    events and the end-of-epoch events carry ``data.step``; the patch's epochs do not."""
+    step = JobEvent.data["step"].as_integer()
+    statement = select(func.max(step)).where(JobEvent.job_id == job_id, JobEvent.type == "metrics")
+    return session.scalar(statement) or 0
+
+
 def get_event(session: Session, job_id: str, event_id: str) -> JobEvent | None:
     statement = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id == event_id)
     return session.scalars(statement).first()

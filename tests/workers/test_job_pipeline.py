@@ -396,6 +396,21 @@ class FakeClock:
         return self.now
 
 
+def bare_spec(job: FineTuningJob) -> job_pipeline.JobSpec:
+    """A spec for feeding the sink events by hand: no files, no model."""
+    return job_pipeline.JobSpec(
+        job_id=job.id,
+        tenant_id=job.tenant_id,
+        base=job.model,
+        train=Path("/nonexistent/train.jsonl"),
+        validation=None,
+        hyperparameters=job.hyperparameters,
+        seed=job.seed,
+        safety={},
+        finetuned_name=f"ft:{job.model}:{job.id}",
+    )
+
+
 def test_the_sink_estimates_the_finish_from_the_measured_seconds_per_step(
     session: Session, caller: Caller, settings: Settings, session_factory: SessionFactory
 ) -> None:
@@ -404,19 +419,8 @@ def test_the_sink_estimates_the_finish_from_the_measured_seconds_per_step(
     job = create_job(session, caller, hyperparameters=hyperparameters)
     run = JobRun(job.id, "worker-a", settings=settings, session_factory=session_factory)
     assert run.claim()
-    spec = job_pipeline.JobSpec(
-        job_id=job.id,
-        tenant_id=job.tenant_id,
-        base=job.model,
-        train=Path("/nonexistent/train.jsonl"),
-        validation=None,
-        hyperparameters=hyperparameters,
-        seed=job.seed,
-        safety={},
-        finetuned_name=f"ft:{job.model}:{job.id}",
-    )
     clock = FakeClock()
-    sink = job_pipeline.JobEventSink(run, spec, Path("/nonexistent"), clock=clock)
+    sink = job_pipeline.JobEventSink(run, bare_spec(job), Path("/nonexistent"), clock=clock)
 
     def step(n: int) -> None:
         sink(PipelineEvent("step", f"step {n}", {"step": n, "epoch": 1, "loss": 1.0 / n}))
@@ -446,3 +450,38 @@ def test_the_sink_estimates_the_finish_from_the_measured_seconds_per_step(
     assert api_view.estimated_finish == int(estimate.timestamp())
     run.enter_stage(JobStage.EVALUATING, "Evaluating")
     assert reload(session, job).estimated_finish is None  # training is over: no estimate
+
+
+def test_a_resumed_attempt_does_not_log_again_the_steps_it_trains_again(
+    session: Session, caller: Caller, settings: Settings, session_factory: SessionFactory
+) -> None:
+    # The first attempt logs steps 1-5 and dies in epoch 3. Its last checkpoint is epoch 2's
+    # (step 4), so the next attempt trains step 5 again, with a loss a GPU need not repeat.
+    hyperparameters = {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 1.0}
+    job = create_job(session, caller, hyperparameters=hyperparameters)
+    clock = FakeClock()
+
+    def attempt(losses: dict[int, float]) -> None:
+        run = JobRun(job.id, "worker-a", settings=settings, session_factory=session_factory)
+        assert run.claim()  # the same worker, back after its job's process died
+        sink = job_pipeline.JobEventSink(run, bare_spec(job), Path("/nonexistent"), clock=clock)
+        sink(PipelineEvent("stage", "fine-tuning", {"examples": 8}))
+        for step, loss in losses.items():
+            clock.now += job_pipeline.STEP_EVENT_INTERVAL_S  # none thinned out
+            epoch = (step + 1) // 2
+            sink(
+                PipelineEvent("step", f"step {step}", {"step": step, "epoch": epoch, "loss": loss})
+            )
+
+    attempt({1: 1.0, 2: 0.9, 3: 0.8, 4: 0.7, 5: 0.6})
+    assert reload(session, job).attempt_count == 1
+    attempt({5: 0.6001, 6: 0.5})
+    assert reload(session, job).attempt_count == 2
+
+    statement = (
+        select(JobEvent.data)
+        .where(JobEvent.job_id == job.id, JobEvent.message.startswith("Step "))
+        .order_by(JobEvent.seq)
+    )
+    logged = [(data["step"], data["train_loss"]) for data in session.scalars(statement) if data]
+    assert logged == [(1, 1.0), (2, 0.9), (3, 0.8), (4, 0.7), (5, 0.6), (6, 0.5)]
