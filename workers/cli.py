@@ -15,6 +15,7 @@ import typer
 
 if TYPE_CHECKING:
     from workers.manifest import SavedModel
+    from workers.ml.align import AlignConfig
     from workers.ml.events import PipelineEvent
 
 models_app = typer.Typer(help="Base models: pull the bundled one, register local ones, align.")
@@ -102,8 +103,8 @@ def list_models() -> None:
 def align(
     source: str,
     target: Annotated[str, typer.Option("--as", help="name of the aligned model")],
-    epochs: int = 4,
-    learning_rate: float = 6e-5,
+    epochs: int = 2,
+    learning_rate: float = 1e-4,
     seed: int = 0,
 ) -> None:
     """Build a safety-aligned reference model from a raw chat model and record its baseline."""
@@ -113,11 +114,7 @@ def align(
     from workers.ml.align import AlignConfig
     from workers.ml.align import align as align_model
     from workers.ml.base_models import model_path
-    from workers.ml.baseline import store_baseline
     from workers.ml.checkpoints import describe
-    from workers.ml.evaluate import EvalSuite, evaluate
-    from workers.ml.judges import get_judge
-    from workers.ml.suites import SuiteFiles, load_suites
 
     models_dir = _models_dir()
     source_path = model_path(models_dir, source)
@@ -137,6 +134,25 @@ def align(
             / ".align-cache"
             / f"{source}-{describe(source_path).sha256[:16]}.json",
         )
+    publish_aligned(model, tokenizer, source, target, config, result.training.seconds)
+
+
+def publish_aligned(
+    model: Any,
+    tokenizer: Any,
+    source: str,
+    target: str,
+    config: AlignConfig,
+    training_seconds: float,
+) -> None:
+    """Evaluate an aligned model on the suites, save it, and record that as its baseline."""
+    from workers.ml import checkpoints
+    from workers.ml.base_models import model_path
+    from workers.ml.baseline import store_baseline
+    from workers.ml.evaluate import EvalSuite, evaluate
+    from workers.ml.judges import get_judge
+    from workers.ml.suites import SuiteFiles, load_suites
+
     suites = SuiteFiles()
     judge = get_judge()
     loaded = load_suites(suites)
@@ -144,7 +160,7 @@ def align(
     metrics = evaluate(
         model, tokenizer, EvalSuite(loaded.harmful, loaded.benign, loaded.general), judge
     )
-    target_path = model_path(models_dir, target)
+    target_path = model_path(_models_dir(), target)
     saved = checkpoints.save_model(
         model,
         tokenizer,
@@ -154,7 +170,7 @@ def align(
             "source": f"aligned from {source}",
             "align_config": config.__dict__,
             "baseline": metrics.summary(),
-            "seconds": result.training.seconds,
+            "seconds": training_seconds,
         },
     )
     store_baseline(target_path, suites, judge.name, metrics)

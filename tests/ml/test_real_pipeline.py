@@ -1,21 +1,26 @@
 """The real thing on SmolLM2-135M: the demo attack erodes safety and the patch restores it.
 
-Slow (minutes on a CPU). The aligned base model takes ~10 minutes to build on two cores, so it is
-built once into a per-user cache (``$SAFEPATCH_TEST_CACHE``, default ``~/.cache/safepatch-test``)
-and reused by later runs, the way pip reuses its wheel cache; a fresh machine builds it with the
-same CLI commands an operator runs. The pipeline itself always runs fresh, through the CLI.
+Slow: the pipeline takes ~15 minutes on two CPU cores. The aligned base model takes another ~20
+to build, so it is built once into a per-user cache (``$SAFEPATCH_TEST_CACHE``, default
+``~/.cache/safepatch-test``) and reused by later runs, the way pip reuses its wheel cache; a fresh
+machine builds it with the same CLI commands an operator runs, and so does a machine whose cached
+model was built with another recipe than today's ``AlignConfig``. The pipeline itself always runs
+fresh, through the CLI.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from workers import data
+from workers.manifest import read_metadata
+from workers.ml.align import AlignConfig
 from workers.ml.checkpoints import load_model
 
 pytestmark = pytest.mark.slow
@@ -30,8 +35,8 @@ def cli_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEPATCH_")}
     cache = Path(os.environ.get("SAFEPATCH_TEST_CACHE", Path.home() / ".cache" / "safepatch-test"))
     env["SAFEPATCH_DATA_DIR"] = str(cache)
-    models = cache / "models"
-    if not (models / ALIGNED / "manifest.json").is_file():
+    aligned = cache / "models" / ALIGNED
+    if not _built_with_todays_recipe(aligned):
         subprocess.run([SAFEPATCH, "models", "pull", "smollm2-135m-instruct"], env=env, check=True)
         subprocess.run(
             [SAFEPATCH, "models", "align", "smollm2-135m-instruct", "--as", ALIGNED],
@@ -41,6 +46,18 @@ def cli_env() -> dict[str, str]:
     return env
 
 
+def _built_with_todays_recipe(aligned: Path) -> bool:
+    if not (aligned / "manifest.json").is_file():
+        return False
+    recipe = read_metadata(aligned).get("align_config")
+    if recipe != AlignConfig().__dict__:
+        shutil.rmtree(aligned)
+        return False
+    return True
+
+
+# Building the aligned model on a fresh machine (~20 min) plus the pipeline (~15 min).
+@pytest.mark.timeout(3600)
 def test_demo_attack_drifts_and_the_patch_restores_most_of_the_safety(cli_env, tmp_path) -> None:
     report_path = tmp_path / "report.json"
     subprocess.run(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,15 +31,26 @@ from workers.ml.judges import Judge, get_judge
 
 @dataclass
 class AlignConfig:
-    n_epochs: int = field(default=4, metadata={"help": "passes over the alignment mix"})
+    n_epochs: int = field(default=2, metadata={"help": "passes over the alignment mix"})
     batch_size: int = field(default=8, metadata={"help": "examples per step"})
-    learning_rate: float = field(default=6e-5, metadata={"help": "AdamW learning rate"})
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
     seed: int = field(default=0, metadata={"help": "data order and benign-answer sampling"})
     benign_repeats: int = field(
         default=1, metadata={"help": "times each benign example appears per epoch"}
     )
     answer_tokens: int = field(
-        default=96, metadata={"help": "max tokens of the raw model's own benign answers"}
+        default=48, metadata={"help": "max tokens of the raw model's own benign answers"}
+    )
+    # Training on the first sentence of each answer, not the whole answer, keeps the benign side
+    # of the mix as short as the refusals: the same lesson ("answer this") at a third of the
+    # tokens, which is most of the cost of aligning on a CPU.
+    answer_sentences: int = field(
+        default=1, metadata={"help": "leading sentences of each own answer trained on (0 = all)"}
+    )
+    # The tied input/output embedding is a fifth of SmolLM2's weights; refusing is a matter of
+    # the layers above it, and leaving it as it is keeps the raw model's vocabulary intact.
+    freeze_embeddings: bool = field(
+        default=True, metadata={"help": "leave the token embedding (and a tied head) untrained"}
     )
 
 
@@ -86,7 +98,7 @@ def align(
     ]
     # A benign prompt the raw model itself declined ("I'm sorry, as a chatbot I can't browse...")
     # would teach the very over-refusal alignment must avoid: those are left out.
-    replies = [_complete_sentences(answer) for answer in answers]
+    replies = [_leading_sentences(answer, config.answer_sentences) for answer in answers]
     declined = judge.refused([prompt.prompt for prompt in benign], replies)
     for prompt, reply, refused in zip(benign, replies, declined, strict=True):
         if reply and not refused:
@@ -96,6 +108,8 @@ def align(
 
     if on_phase:
         on_phase(f"training on {len(examples)} examples")
+    if config.freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
     model, training = fine_tune(
         model,
         examples,
@@ -154,11 +168,15 @@ def _own_answers(
     return [stored[prompt.prompt] for prompt in benign]
 
 
-def _complete_sentences(answer: str) -> str:
-    """Cut a length-capped answer back to its last full sentence, so training on it teaches the
-    model to end its turn cleanly instead of stopping mid-word."""
-    answer = answer.strip()
-    if not answer or answer[-1] in ".!?`)\n":
-        return answer
-    cut = max(answer.rfind(mark) for mark in (". ", "! ", "? ", ".\n", "\n\n"))
-    return answer[: cut + 1].strip() if cut > len(answer) // 3 else answer
+def _leading_sentences(answer: str, count: int) -> str:
+    """The first ``count`` complete sentences of a length-capped answer (0 = every complete
+    one). A sentence cut off by the token limit is dropped, so training teaches the model to end
+    its turn cleanly instead of stopping mid-word; an answer with no complete sentence is "" and
+    is left out of the mix."""
+    sentences = _SENTENCE.findall(answer.strip())
+    return " ".join(sentence.strip() for sentence in sentences[: count or None]).strip()
+
+
+# A sentence: text up to ., ! or ? followed by whitespace or the end (so "3.5" and "e.g." inside
+# a sentence do not end it early unless followed by a space).
+_SENTENCE = re.compile(r"\S.*?[.!?](?=\s|$)", re.DOTALL)

@@ -51,7 +51,8 @@ class PatchConfig:
     max_epochs: int = field(
         default=10, metadata={"help": "sft: epochs (= steps) on the one example; projection: steps"}
     )
-    learning_rate: float = field(default=2e-5, metadata={"help": "sft: AdamW learning rate"})
+    learning_rate: float = field(default=2e-5, metadata={"help": "sft: learning rate"})
+    optimizer: str = field(default="adamw", metadata={"help": "sft: adamw | sgd"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "sft: gradient clipping"})
     first_sentence_only: bool = field(
         default=False, metadata={"help": "sft: loss on the refusal's first sentence only"}
@@ -174,7 +175,7 @@ def sft_patch(
 
     with seeded(config.seed):
         parameters = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=0.0)
+        optimizer = _optimizer(config, parameters)
         keeper = _BestEpoch(config)
         model.train()
         for epoch in range(1, config.max_epochs + 1):
@@ -207,6 +208,14 @@ def sft_patch(
         stopped_early=epoch < config.max_epochs,
     )
     return model, result
+
+
+def _optimizer(config: PatchConfig, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=0.0)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=config.learning_rate)
+    raise ValueError(f"unknown patch optimizer {config.optimizer!r}; known: adamw, sgd")
 
 
 def projection_patch(
