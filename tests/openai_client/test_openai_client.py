@@ -74,6 +74,17 @@ def test_upload_create_retrieve_list_events_and_cancel(
     assert sdk.files.delete(uploaded.id).deleted is True
 
 
+def test_files_list_pages_in_either_order(make_client: MakeClient, caller: Caller) -> None:
+    sdk = make_client(caller)
+    ids = [sdk.files.create(file=(f"{n}.jsonl", TRAIN), purpose="fine-tune").id for n in range(3)]
+    # Iterating a page follows `after` from page to page, as for OpenAI.
+    assert [f.id for f in sdk.files.list(limit=1, order="asc")] == ids
+    assert [f.id for f in sdk.files.list(limit=2)] == ids[::-1]
+    page = sdk.files.list(limit=2, order="desc", purpose="fine-tune")
+    assert [f.id for f in page.data] == [ids[2], ids[1]] and page.has_more is True
+    assert list(sdk.files.list(purpose="batch")) == []
+
+
 def test_typed_errors(make_client: MakeClient, caller: Caller) -> None:
     sdk = make_client(caller)
     with pytest.raises(openai.NotFoundError):
