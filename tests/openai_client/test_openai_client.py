@@ -85,6 +85,32 @@ def test_files_list_pages_in_either_order(make_client: MakeClient, caller: Calle
     assert list(sdk.files.list(purpose="batch")) == []
 
 
+def test_jobs_list_filters_by_metadata(make_client: MakeClient, caller: Caller) -> None:
+    sdk = make_client(caller)
+    uploaded = sdk.files.create(file=("train.jsonl", TRAIN), purpose="fine-tune")
+
+    def create(metadata: dict[str, str]) -> str:
+        job = sdk.fine_tuning.jobs.create(
+            model=BASE_MODEL, training_file=uploaded.id, metadata=metadata
+        )
+        assert job.metadata == metadata
+        return job.id
+
+    red = create({"team": "red", "stage": "prod"})
+    blue = create({"team": "blue", "stage": "prod"})
+    red_dev = create({"team": "red", "stage": "dev"})
+    # The client sends the dict as metadata[team]=red&metadata[stage]=prod.
+    assert [j.id for j in sdk.fine_tuning.jobs.list(metadata={"team": "red"})] == [red_dev, red]
+    both = sdk.fine_tuning.jobs.list(metadata={"team": "red", "stage": "prod"})
+    assert [j.id for j in both] == [red]
+    # Auto-paging keeps the filter on every page.
+    assert [j.id for j in sdk.fine_tuning.jobs.list(metadata={"stage": "prod"}, limit=1)] == [
+        blue,
+        red,
+    ]
+    assert list(sdk.fine_tuning.jobs.list(metadata={"team": "green"})) == []
+
+
 def test_typed_errors(make_client: MakeClient, caller: Caller) -> None:
     sdk = make_client(caller)
     with pytest.raises(openai.NotFoundError):
