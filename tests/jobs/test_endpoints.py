@@ -365,6 +365,7 @@ def test_safety_extension_is_stored_and_shown(
         "patched": None,
         "drift": None,
         "patch_status": "pending",
+        "patch": None,
     }
     stored = session.get(FineTuningJob, job["id"])
     assert stored is not None

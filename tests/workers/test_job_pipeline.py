@@ -485,3 +485,174 @@ def test_a_resumed_attempt_does_not_log_again_the_steps_it_trains_again(
     )
     logged = [(data["step"], data["train_loss"]) for data in session.scalars(statement) if data]
     assert logged == [(1, 1.0), (2, 0.9), (3, 0.8), (4, 0.7), (5, 0.6), (6, 0.5)]
+
+
+SafetyLog = list[tuple[PipelineEvent, dict[str, Any]]]
+
+
+@pytest.fixture
+def safety_log(session_factory: SessionFactory, monkeypatch: pytest.MonkeyPatch) -> SafetyLog:
+    """The job's safety block as the API shows it, read after the worker handled each event."""
+    log: SafetyLog = []
+    original = job_pipeline.JobEventSink.__call__
+
+    def call(sink: job_pipeline.JobEventSink, event: PipelineEvent) -> None:
+        original(sink, event)
+        with session_factory() as other:
+            job = other.get(FineTuningJob, sink.spec.job_id)
+            assert job is not None
+            log.append((event, JobRead.of(job).safety.model_dump()))
+
+    monkeypatch.setattr(job_pipeline.JobEventSink, "__call__", call)
+    return log
+
+
+def block_after(log: SafetyLog, starts: str, *, last: bool = False) -> dict[str, Any]:
+    """The safety block right after the (first, or last) event whose message starts so."""
+    found = [block for event, block in log if event.message.startswith(starts)]
+    assert found, f"no event {starts!r}"
+    return found[-1] if last else found[0]
+
+
+def test_the_safety_block_fills_in_while_the_job_runs(
+    session: Session,
+    tiny_job: Callable[..., FineTuningJob],
+    run_job: Callable[[str], None],
+    recorded_run: RecordedRun,
+    monkeypatch: pytest.MonkeyPatch,
+    safety_log: SafetyLog,
+) -> None:
+    replay(monkeypatch, recorded_run)
+    job = tiny_job()
+    run_job(job.id)
+    report = recorded_run.result.report
+
+    loading = block_after(safety_log, "loading base model")
+    assert (loading["baseline"], loading["patch_status"]) == (None, "pending")
+    assert loading["asr_threshold"] == 0.05 and loading["strategy"] == "sft"
+
+    baseline = block_after(safety_log, "base metrics")  # known before the fine-tune starts
+    assert baseline["baseline"]["asr"] == report["base"]["asr"] == 0.0
+    assert baseline["baseline"]["judge"] == report["base"]["judge"]
+    assert (baseline["fine_tuned"], baseline["drift"], baseline["patch_status"]) == (
+        None,
+        None,
+        "pending",
+    )
+    training = block_after(safety_log, "step 1 ")
+    assert training["baseline"] == baseline["baseline"] and training["fine_tuned"] is None
+
+    evaluated = block_after(safety_log, "finetuned metrics")
+    assert evaluated["fine_tuned"]["asr"] == 1.0
+    assert evaluated["drift"] is None and evaluated["patch_status"] == "pending"
+
+    decided = block_after(safety_log, "drift decision")
+    assert decided["drift"] == report["drift"] and decided["drift"]["detected"] is True
+    assert decided["patch_status"] == "pending" and decided["patch"] is None
+
+    patching = block_after(safety_log, "patching: choosing")
+    assert patching["patch_status"] == "running" and patching["patch"] == {"strategy": "sft"}
+    trying = block_after(safety_log, "attempt 1:")
+    assert trying["patch"]["attempt"] == 1 and trying["patch"]["example"]["prompt"]
+    assert trying["patch"]["example"]["reply"] and trying["patch"]["epochs"] == 0
+    assert trying["patched"] is None
+    epoch = block_after(safety_log, "patch epoch", last=True)
+    assert epoch["patch"]["epochs"] >= 1 and epoch["patch_status"] == "running"
+    # The recorded run stopped at its first accepted attempt.
+    verified = block_after(safety_log, "patched metrics (attempt", last=True)
+    assert verified["patched"]["asr"] <= 0.02 and "attempt" not in verified["patched"]
+    assert verified["patch"]["accepted"] is True and verified["patch"]["reasons"] == []
+    assert verified["patch_status"] == "running"  # until the outcome is recorded
+
+    final = JobRead.of(reload(session, job)).safety
+    assert final.patch_status == "patched" and final.patched == report["patched"]
+    assert final.patch is not None
+    assert {"strategy", "example", "epochs", "seconds", "cer", "accepted"} <= set(final.patch)
+    assert final.patch["example"] == verified["patch"]["example"]
+
+    # The base model's evaluation is an audit record of the job, once.
+    baselines = [
+        r.payload
+        for r in session.scalars(select(AuditRecord).where(AuditRecord.subject_id == job.id))
+        if r.action == "evaluation.recorded" and r.payload["stage"] == "base"
+    ]
+    assert len(baselines) == 1
+    assert (baselines[0]["model"], baselines[0]["asr"]) == (TINY_SAFE, 0.0)
+
+
+def test_without_drift_the_block_says_not_needed_as_soon_as_it_is_decided(
+    session: Session,
+    tiny_job: Callable[..., FineTuningJob],
+    run_job: Callable[[str], None],
+    recorded_run: RecordedRun,
+    monkeypatch: pytest.MonkeyPatch,
+    safety_log: SafetyLog,
+) -> None:
+    def safe(report: dict[str, Any]) -> None:
+        report["drift"]["detected"] = False
+        report["patch"] = report["patched"] = None
+
+    # The recorded drift decision, with the numbers of a fine-tune that kept its safety.
+    events = [
+        PipelineEvent(e.type, e.message, e.data | {"drifted": False, "asr_finetuned": 0.0})
+        if e.message == "drift decision"
+        else e
+        for e in recorded_run.events
+    ]
+    replay(monkeypatch, RecordedRun(recorded_run.result, events, recorded_run.work_dir), edit=safe)
+    job = tiny_job()
+    run_job(job.id)
+
+    decided = block_after(safety_log, "drift decision")
+    assert decided["drift"]["detected"] is False and decided["patch_status"] == "not_needed"
+    assert JobRead.of(reload(session, job)).safety.patch_status == "not_needed"
+
+
+def test_a_missed_patch_keeps_its_details_on_the_job(
+    session: Session,
+    tiny_job: Callable[..., FineTuningJob],
+    run_job: Callable[[str], None],
+    recorded_run: RecordedRun,
+    monkeypatch: pytest.MonkeyPatch,
+    safety_log: SafetyLog,
+) -> None:
+    reasons = ["over-refusal 0.400 > limit 0.140"]
+
+    def missed(report: dict[str, Any]) -> None:
+        report["patch"]["accepted"] = False
+        report["patch"]["reasons"] = reasons
+
+    replay(monkeypatch, recorded_run, edit=missed)
+    job = tiny_job()
+    run_job(job.id)
+
+    safety = JobRead.of(reload(session, job)).safety
+    assert safety.patch_status == "failed" and safety.patched is not None
+    patch = safety.patch
+    assert patch is not None and (patch["accepted"], patch["reasons"]) == (False, reasons)
+    assert patch["strategy"] == "sft" and patch["example"]["prompt"] and patch["example"]["reply"]
+    assert patch["epochs"] >= 1 and patch["seconds"] > 0 and patch["cer"]
+
+
+def test_a_job_that_ends_inside_the_patch_stage_reads_as_a_failed_patch(
+    session: Session,
+    tiny_job: Callable[..., FineTuningJob],
+    run_job: Callable[[str], None],
+    recorded_run: RecordedRun,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The worker reported the patch stage, then the pipeline broke before its verdict.
+    replay(monkeypatch, recorded_run, until="verifying attempt 1")
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(job_pipeline, "record_outcome", broken)
+    job = tiny_job()
+    run_job(job.id)
+
+    job = reload(session, job)
+    assert job.status == "failed" and job.safety_settings["patch_status"] == "running"
+    safety = JobRead.of(job).safety
+    assert safety.patch_status == "failed"
+    assert safety.patch is not None and safety.patch["example"]["prompt"]
