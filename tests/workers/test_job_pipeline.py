@@ -22,6 +22,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.audit import service as audit_service
 from app.core.db import SessionFactory
 from app.core.settings import Settings
 from app.db.base import utcnow
@@ -176,6 +177,7 @@ def stages(session: Session, job: FineTuningJob) -> list[tuple[str, str | None]]
 
 def test_a_drifted_fine_tune_is_patched_and_only_the_patch_is_released(
     session: Session,
+    caller: Caller,
     tiny_job: Callable[..., FineTuningJob],
     run_job: Callable[[str], None],
     recorded_run: RecordedRun,
@@ -247,6 +249,23 @@ def test_a_drifted_fine_tune_is_patched_and_only_the_patch_is_released(
         "safety.patch_accepted",
     ):
         assert action in actions
+
+    # GET /v1/audit?model=<patched>: the whole trail of the job that made it.
+    about, _ = audit_service.list_records(
+        session, auth=caller.auth, model=f"{name}:patched", limit=1000
+    )
+    trail = {(r.action, r.payload.get("stage")) for r in about}
+    assert {r.subject_id for r in about} == {job.id}
+    for expected in [
+        ("job.created", None),
+        ("evaluation.recorded", "base"),
+        ("evaluation.recorded", "fine_tuned"),
+        ("evaluation.recorded", "patched"),
+        ("model_version.created", None),
+        ("safety.drift_decided", None),
+        ("safety.patch_accepted", None),
+    ]:
+        assert expected in trail, expected
 
 
 def test_recording_twice_makes_no_second_version_or_event(
