@@ -11,6 +11,7 @@ run the pipeline itself (cancellation, a base model missing on the worker).
 from __future__ import annotations
 
 import copy
+import itertools
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -175,6 +176,33 @@ def stages(session: Session, job: FineTuningJob) -> list[tuple[str, str | None]]
     ]
 
 
+SafetyLog = list[tuple[PipelineEvent, dict[str, Any]]]
+
+
+@pytest.fixture
+def safety_log(session_factory: SessionFactory, monkeypatch: pytest.MonkeyPatch) -> SafetyLog:
+    """The job's safety block as the API shows it, read after the worker handled each event."""
+    log: SafetyLog = []
+    original = job_pipeline.JobEventSink.__call__
+
+    def call(sink: job_pipeline.JobEventSink, event: PipelineEvent) -> None:
+        original(sink, event)
+        with session_factory() as other:
+            job = other.get(FineTuningJob, sink.spec.job_id)
+            assert job is not None
+            log.append((event, JobRead.of(job).safety.model_dump()))
+
+    monkeypatch.setattr(job_pipeline.JobEventSink, "__call__", call)
+    return log
+
+
+def block_after(log: SafetyLog, starts: str, *, last: bool = False) -> dict[str, Any]:
+    """The safety block right after the (first, or last) event whose message starts so."""
+    found = [block for event, block in log if event.message.startswith(starts)]
+    assert found, f"no event {starts!r}"
+    return found[-1] if last else found[0]
+
+
 def test_a_drifted_fine_tune_is_patched_and_only_the_patch_is_released(
     session: Session,
     caller: Caller,
@@ -294,12 +322,18 @@ def test_no_drift_releases_the_fine_tuned_model_without_a_patch(
     run_job: Callable[[str], None],
     recorded_run: RecordedRun,
     monkeypatch: pytest.MonkeyPatch,
+    safety_log: SafetyLog,
 ) -> None:
     def safe(report: dict[str, Any]) -> None:
         report["drift"]["detected"] = False
         report["patch"] = report["patched"] = None
 
-    replay(monkeypatch, recorded_run, edit=safe, until="drift decision")
+    # The recorded events through the drift decision, which now finds a fine-tune that kept
+    # its safety; nothing is patched after it.
+    events = list(itertools.takewhile(lambda e: e.message != "drift decision", recorded_run.events))
+    decision = next(e for e in recorded_run.events if e.message == "drift decision")
+    events.append(PipelineEvent("metrics", decision.message, decision.data | {"drifted": False}))
+    replay(monkeypatch, RecordedRun(recorded_run.result, events, recorded_run.work_dir), edit=safe)
     job = tiny_job()
     run_job(job.id)
 
@@ -310,6 +344,9 @@ def test_no_drift_releases_the_fine_tuned_model_without_a_patch(
     made = versions(session, job)
     assert made[name].status == "ready" and f"{name}:patched" not in made
     assert job.safety_settings["patch_status"] == "not_needed"
+    # Known as soon as it is decided, before the job ends.
+    decided = block_after(safety_log, "drift decision")
+    assert decided["drift"]["detected"] is False and decided["patch_status"] == "not_needed"
 
 
 def test_a_missed_patch_quarantines_both_models_and_fails_the_job(
@@ -335,8 +372,15 @@ def test_a_missed_patch_quarantines_both_models_and_fails_the_job(
     name = f"ft:{TINY_SAFE}:demo:{job.id}"
     assert made[name].status == made[f"{name}:patched"].status == "quarantined"
     assert "missed the acceptance rule" in (made[f"{name}:patched"].status_reason or "")
-    assert job.safety_settings["patch_status"] == "failed"
     assert "safety.patch_rejected" in audit_actions(session)
+    # The patch that missed stays on the job: what it tried, and why it was not enough.
+    safety = JobRead.of(job).safety
+    assert safety.patch_status == "failed" and safety.patched is not None
+    patch = safety.patch
+    assert patch is not None and patch["accepted"] is False
+    assert patch["reasons"] == ["over-refusal 0.400 > limit 0.140"]
+    assert patch["strategy"] == "sft" and patch["example"]["prompt"] and patch["example"]["reply"]
+    assert patch["epochs"] >= 1 and patch["seconds"] > 0 and patch["cer"]
 
 
 def test_drift_without_auto_patch_quarantines_the_model(
@@ -506,33 +550,6 @@ def test_a_resumed_attempt_does_not_log_again_the_steps_it_trains_again(
     assert logged == [(1, 1.0), (2, 0.9), (3, 0.8), (4, 0.7), (5, 0.6), (6, 0.5)]
 
 
-SafetyLog = list[tuple[PipelineEvent, dict[str, Any]]]
-
-
-@pytest.fixture
-def safety_log(session_factory: SessionFactory, monkeypatch: pytest.MonkeyPatch) -> SafetyLog:
-    """The job's safety block as the API shows it, read after the worker handled each event."""
-    log: SafetyLog = []
-    original = job_pipeline.JobEventSink.__call__
-
-    def call(sink: job_pipeline.JobEventSink, event: PipelineEvent) -> None:
-        original(sink, event)
-        with session_factory() as other:
-            job = other.get(FineTuningJob, sink.spec.job_id)
-            assert job is not None
-            log.append((event, JobRead.of(job).safety.model_dump()))
-
-    monkeypatch.setattr(job_pipeline.JobEventSink, "__call__", call)
-    return log
-
-
-def block_after(log: SafetyLog, starts: str, *, last: bool = False) -> dict[str, Any]:
-    """The safety block right after the (first, or last) event whose message starts so."""
-    found = [block for event, block in log if event.message.startswith(starts)]
-    assert found, f"no event {starts!r}"
-    return found[-1] if last else found[0]
-
-
 def test_the_safety_block_fills_in_while_the_job_runs(
     session: Session,
     tiny_job: Callable[..., FineTuningJob],
@@ -597,60 +614,6 @@ def test_the_safety_block_fills_in_while_the_job_runs(
     ]
     assert len(baselines) == 1
     assert (baselines[0]["model"], baselines[0]["asr"]) == (TINY_SAFE, 0.0)
-
-
-def test_without_drift_the_block_says_not_needed_as_soon_as_it_is_decided(
-    session: Session,
-    tiny_job: Callable[..., FineTuningJob],
-    run_job: Callable[[str], None],
-    recorded_run: RecordedRun,
-    monkeypatch: pytest.MonkeyPatch,
-    safety_log: SafetyLog,
-) -> None:
-    def safe(report: dict[str, Any]) -> None:
-        report["drift"]["detected"] = False
-        report["patch"] = report["patched"] = None
-
-    # The recorded drift decision, with the numbers of a fine-tune that kept its safety.
-    events = [
-        PipelineEvent(e.type, e.message, e.data | {"drifted": False, "asr_finetuned": 0.0})
-        if e.message == "drift decision"
-        else e
-        for e in recorded_run.events
-    ]
-    replay(monkeypatch, RecordedRun(recorded_run.result, events, recorded_run.work_dir), edit=safe)
-    job = tiny_job()
-    run_job(job.id)
-
-    decided = block_after(safety_log, "drift decision")
-    assert decided["drift"]["detected"] is False and decided["patch_status"] == "not_needed"
-    assert JobRead.of(reload(session, job)).safety.patch_status == "not_needed"
-
-
-def test_a_missed_patch_keeps_its_details_on_the_job(
-    session: Session,
-    tiny_job: Callable[..., FineTuningJob],
-    run_job: Callable[[str], None],
-    recorded_run: RecordedRun,
-    monkeypatch: pytest.MonkeyPatch,
-    safety_log: SafetyLog,
-) -> None:
-    reasons = ["over-refusal 0.400 > limit 0.140"]
-
-    def missed(report: dict[str, Any]) -> None:
-        report["patch"]["accepted"] = False
-        report["patch"]["reasons"] = reasons
-
-    replay(monkeypatch, recorded_run, edit=missed)
-    job = tiny_job()
-    run_job(job.id)
-
-    safety = JobRead.of(reload(session, job)).safety
-    assert safety.patch_status == "failed" and safety.patched is not None
-    patch = safety.patch
-    assert patch is not None and (patch["accepted"], patch["reasons"]) == (False, reasons)
-    assert patch["strategy"] == "sft" and patch["example"]["prompt"] and patch["example"]["reply"]
-    assert patch["epochs"] >= 1 and patch["seconds"] > 0 and patch["cer"]
 
 
 def test_a_job_that_ends_inside_the_patch_stage_reads_as_a_failed_patch(
