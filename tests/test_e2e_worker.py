@@ -118,8 +118,10 @@ def test_demo_runs_the_main_job_and_prints_its_summary(
 ) -> None:
     env = safepatch_env(data_dir=str(tmp_path / "data"))
     register_tiny_model(env, tiny_safe_model)
+    # The tiny model's attack needs a 10x learning rate (tests/api_checks.py): passed through.
+    options = ["--epochs", "3", "--learning-rate-multiplier", "10"]
     done = subprocess.run(
-        [SAFEPATCH, "demo", "--model", TINY_SAFE, "--timeout", str(JOB_TIMEOUT_S)],
+        [SAFEPATCH, "demo", "--model", TINY_SAFE, "--timeout", str(JOB_TIMEOUT_S), *options],
         env=env,
         capture_output=True,
         text=True,
@@ -130,6 +132,7 @@ def test_demo_runs_the_main_job_and_prints_its_summary(
     assert "Created fine-tuning job" in out and "Job succeeded" in out
     assert "ASR" in out and "over-refusal" in out and "base" in out and "fine-tuned" in out
     assert "(sha256 of every file checked)" in out
+    assert "patch status: patched" in out and "safety example: " in out
     downloaded = list((tmp_path / "data" / "downloads").glob("ft_tiny-safe_demo_*"))
     assert len(downloaded) == 1 and (downloaded[0] / "model.safetensors").is_file()
     assert "job.state_changed" in out.split("audit trail:")[1]
