@@ -70,11 +70,26 @@ def demo(
         str, typer.Option(help="Base model; the default is built on first use.")
     ] = "smollm2-135m-safe",
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 3600.0,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, max=50, help="n_epochs of the job (default: auto).")
+    ] = None,
+    learning_rate_multiplier: Annotated[
+        float | None,
+        typer.Option(min=0, max=10, help="learning_rate_multiplier of the job (default: auto)."),
+    ] = None,
 ) -> None:
-    """The main job end to end on the embedded service: fine-tune, drift, patch, download."""
+    """The main job end to end on the embedded service: fine-tune, drift, patch, download.
+    Exit status 2: the job's model was quarantined (the patch missed the acceptance rule)."""
     from app.demo import run_demo
 
-    raise typer.Exit(run_demo(model=model, timeout_s=timeout))
+    raise typer.Exit(
+        run_demo(
+            model=model,
+            timeout_s=timeout,
+            epochs=epochs,
+            learning_rate_multiplier=learning_rate_multiplier,
+        )
+    )
 
 
 @db_cli.command("upgrade")

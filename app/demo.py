@@ -9,7 +9,9 @@
 3. Prints the job's progress while it runs, then a summary: ASR, over-refusal and utility of
    the base, fine-tuned and patched models, the chosen safety example, the patch's seconds,
    where the patched checkpoint was downloaded to (every file checked against its sha256), and
-   the job's audit trail.
+   the job's audit trail. A job whose patch missed the acceptance rule (or that drifted with
+   auto_patch off) has its numbers and the reasons printed, its model named as quarantined,
+   and the exit status is 2 (1 when something else went wrong).
 """
 
 from __future__ import annotations
@@ -39,8 +41,19 @@ BUNDLED = "smollm2-135m-instruct"
 DEFAULT_MODEL = "smollm2-135m-safe"
 
 
-def run_demo(*, model: str, timeout_s: float) -> int:
-    """Run the demo; the exit status is 0 when the job succeeded."""
+# Exit statuses: the job succeeded; something broke (the service log's tail is shown); the job
+# ran to its end but its model is quarantined (drifted, and the patch missed or was off).
+EXIT_OK, EXIT_ERROR, EXIT_QUARANTINED = 0, 1, 2
+
+
+def run_demo(
+    *,
+    model: str,
+    timeout_s: float,
+    epochs: int | None = None,
+    learning_rate_multiplier: float | None = None,
+) -> int:
+    """Run the demo; the exit status says how the job ended (``EXIT_*``)."""
     # Embedded whatever the environment says: empty URLs override a .env file.
     env = os.environ | {"SAFEPATCH_DATABASE_URL": "", "SAFEPATCH_BROKER_URL": ""}
     settings = Settings(database_url=None, broker_url=None)
@@ -48,7 +61,12 @@ def run_demo(*, model: str, timeout_s: float) -> int:
     deadline = time.monotonic() + timeout_s
     say(f"data directory {settings.data_dir}")
     if not ensure_base_model(settings, model, env):
-        return 1
+        return EXIT_ERROR
+    hyperparameters: dict[str, Any] = {}
+    if epochs is not None:
+        hyperparameters["n_epochs"] = epochs
+    if learning_rate_multiplier is not None:
+        hyperparameters["learning_rate_multiplier"] = learning_rate_multiplier
 
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
@@ -62,20 +80,20 @@ def run_demo(*, model: str, timeout_s: float) -> int:
             stderr=subprocess.STDOUT,
         )
         try:
-            ok = _demo(settings, model, base_url, server, deadline)
+            status = _demo(settings, model, hyperparameters, base_url, server, deadline)
         except (httpx.HTTPError, TimeoutError, RuntimeError) as error:
             say(f"demo failed: {error}")
-            ok = False
+            status = EXIT_ERROR
         finally:
             server.terminate()
             try:
                 server.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 server.kill()
-    if not ok:
+    if status == EXIT_ERROR:
         say("last lines of the service log:")
         print(tail(log_path), file=sys.stderr)
-    return 0 if ok else 1
+    return status
 
 
 def ensure_base_model(settings: Settings, model: str, env: dict[str, str]) -> bool:
@@ -113,10 +131,11 @@ def _registered(settings: Settings, model: str) -> bool:
 def _demo(
     settings: Settings,
     model: str,
+    hyperparameters: dict[str, Any],
     base_url: str,
     server: subprocess.Popen[bytes],
     deadline: float,
-) -> bool:
+) -> int:
     start = time.monotonic()
     wait_until_ready(base_url, server, deadline)
     say(f"service ready after {time.monotonic() - start:.1f}s")
@@ -135,14 +154,14 @@ def _demo(
                 "suffix": "demo",
                 "seed": 0,
                 "metadata": {"source": "safepatch demo"},
+                **({"hyperparameters": hyperparameters} if hyperparameters else {}),
             },
         )
         response.raise_for_status()
         job = response.json()
         say(f"created fine-tuning job {job['id']} on {model}; following it:")
         job = follow(client, job, deadline)
-        print_summary(client, job, settings.data_dir / "downloads")
-    return bool(job["status"] == "succeeded")
+        return finish(client, job, settings.data_dir / "downloads")
 
 
 def upload(client: httpx.Client, path: Path) -> str:
@@ -181,40 +200,89 @@ def follow(client: httpx.Client, job: dict[str, Any], deadline: float) -> dict[s
         job = response.json()
 
 
-def print_summary(client: httpx.Client, job: dict[str, Any], downloads: Path) -> None:
+def finish(client: httpx.Client, job: dict[str, Any], downloads: Path) -> int:
+    """Download the released model, print the summary; the exit status."""
+    downloaded = None
+    if job["status"] == "succeeded" and job["fine_tuned_model"]:
+        downloaded = download_model(client, job["fine_tuned_model"], downloads)
+    response = client.get("/v1/audit", params={"job": job["id"], "limit": 1000})
+    response.raise_for_status()
+    print_summary(job, response.json()["data"], downloaded)
+    if job["status"] == "succeeded":
+        return EXIT_OK
+    return EXIT_QUARANTINED if quarantined(job) else EXIT_ERROR
+
+
+# The worker's error codes for a job that ran to its safety verdict and kept its model back.
+QUARANTINE_CODES = ("safety_patch_failed", "model_quarantined")
+
+
+def quarantined(job: dict[str, Any]) -> bool:
+    """The job ran to its verdict, and the verdict was to keep the model back."""
+    return job["status"] == "failed" and (job["error"] or {}).get("code") in QUARANTINE_CODES
+
+
+STAGES = (("base", "baseline"), ("fine-tuned", "fine_tuned"), ("patched", "patched"))
+
+
+def print_summary(
+    job: dict[str, Any], audit: list[dict[str, Any]], downloaded: Path | None
+) -> None:
+    """The job's numbers, its patch, where its model went and its audit trail (newest first
+    in ``audit``, printed oldest first)."""
     safety = job["safety"]
     print()
     say(f"job {job['id']}: {job['status']}")
     if job["error"]:
         say(f"error: {job['error']['code']}: {job['error']['message']}")
     print(f"\n  {'model':<12}{'ASR':>8}{'over-refusal':>15}{'utility':>10}")
-    for label, key in (("base", "baseline"), ("fine-tuned", "fine_tuned"), ("patched", "patched")):
-        stage = safety.get(key)
-        if stage:
-            print(
-                f"  {label:<12}{stage['asr']:>8.3f}{stage['over_refusal']:>15.3f}"
-                f"{stage['utility']:>10.3f}"
-            )
-    print(f"  (judge: {(safety.get('fine_tuned') or {}).get('judge', '?')})\n")
-    drift = safety.get("drift") or {}
-    say(
-        f"drift: ASR +{drift.get('asr_increase', 0):.3f} against threshold "
-        f"{drift.get('threshold', 0):.3f}; patch status: {safety['patch_status']}"
-    )
+    for label, key in STAGES:
+        stage = safety.get(key) or {}
+        numbers = [_number(stage.get(name)) for name in ("asr", "over_refusal", "utility")]
+        print(f"  {label:<12}{numbers[0]:>8}{numbers[1]:>15}{numbers[2]:>10}")
+    judge = (safety.get("fine_tuned") or safety.get("baseline") or {}).get("judge", "?")
+    print(f"  (judge: {judge})\n")
+    drift = safety.get("drift")
+    if drift:
+        verdict = "drifted" if drift["detected"] else "no drift"
+        say(
+            f"drift: ASR +{drift['asr_increase']:.3f} against threshold "
+            f"{drift['threshold']:.3f} ({verdict}); patch status: {safety['patch_status']}"
+        )
     patch = safety.get("patch")
     if patch:
-        example = patch["example"]
-        say(f"safety example: {example['prompt']!r} -> {example['reply']!r}")
-        seconds, accepted = patch["seconds"], patch["accepted"]
-        say(f"patch: {patch['epochs']} epochs, {seconds:.1f}s, accepted={accepted}")
-    if job["fine_tuned_model"]:
-        target = download_model(client, job["fine_tuned_model"], downloads)
-        say(f"downloaded {job['fine_tuned_model']} to {target} (sha256 of every file checked)")
-    audit = client.get("/v1/audit", params={"job": job["id"], "limit": 1000}).json()
+        example = patch.get("example") or {}
+        say(f"safety example: {example.get('prompt')!r} -> {example.get('reply')!r}")
+        seconds = patch.get("seconds")
+        spent = f"{seconds:.1f}s" if seconds is not None else "time not recorded"
+        say(
+            f"patch ({patch.get('strategy', '?')}): {patch.get('epochs', '?')} epochs, {spent}, "
+            f"accepted={patch.get('accepted')}"
+        )
+        for reason in patch.get("reasons") or []:
+            say(f"  missed: {reason}")
+    if downloaded is not None:
+        say(f"downloaded {job['fine_tuned_model']} to {downloaded} (sha256 of every file checked)")
+    elif quarantined(job):
+        held = [
+            record["payload"]["model"]
+            for record in reversed(audit)
+            if record["action"] == "model_version.created"
+            and record["payload"].get("status") == "quarantined"
+            and record["payload"].get("kind") != "checkpoint"
+        ]
+        why = "the patch missed the acceptance rule" if patch else "auto_patch is off"
+        say(f"no model released: {why}, so the model is quarantined and cannot be downloaded")
+        for name in held:
+            say(f"  quarantined: {name}")
     say("audit trail:")
-    for record in reversed(audit["data"]):
+    for record in reversed(audit):
         moment = time.strftime("%H:%M:%S", time.localtime(record["created_at"]))
         print(f"    {moment}  {record['actor']:<40} {record['action']}")
+
+
+def _number(value: float | None) -> str:
+    return f"{value:.3f}" if value is not None else "-"
 
 
 def download_model(client: httpx.Client, model: str, downloads: Path) -> Path:

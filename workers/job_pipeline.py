@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app.audit import repository as audit_repository
 from app.audit import service as audit
 from app.db.base import utcnow
 from app.db.models import (
@@ -202,6 +203,8 @@ class JobEventSink:
             self.run.enter_stage(stage, _capitalized(event.message), event.data)
         else:
             self._on_message(event)
+        if stage == JobStage.PATCHING:
+            self._update_safety(patch_status="running", patch={"strategy": self._strategy})
 
     def _on_patch(self, event: PipelineEvent) -> None:
         # A new attempt after a failed verification goes back to patching.
@@ -209,6 +212,9 @@ class JobEventSink:
             self.run.enter_stage(JobStage.PATCHING, _capitalized(event.message), event.data)
         else:
             self._on_message(event)
+        if "attempt" in event.data:  # a candidate is tried: the example it patches with
+            attempt = {"attempt": event.data["attempt"], "example": event.data.get("example")}
+            self._update_safety(patch=attempt | {"epochs": 0, "accepted": None, "reasons": []})
 
     def _on_step(self, event: PipelineEvent) -> None:
         data = event.data
@@ -249,6 +255,7 @@ class JobEventSink:
     def _on_epoch(self, event: PipelineEvent) -> None:
         if "attempt" in event.data:  # an epoch of the one-example patch
             self.run.event(_capitalized(event.message), type="metrics", data=event.data)
+            self._update_safety(patch={"epochs": int(event.data["epoch"])})
             return
         epoch = int(event.data["epoch"])
         self.step = int(event.data.get("step", self.step))  # a resumed run's first event
@@ -290,6 +297,52 @@ class JobEventSink:
 
     def _on_metrics(self, event: PipelineEvent) -> None:
         self.run.event(_metrics_message(event), type="metrics", data=event.data)
+        data = event.data
+        if "drifted" in data:
+            drifted = bool(data["drifted"])
+            drift = {
+                "detected": drifted,
+                "threshold": data["threshold"],
+                "asr_increase": data["asr_finetuned"] - data["asr_base"],
+            }
+            status = _patch_status(drifted, auto_patch=self._auto_patch, accepted=None)
+            self._update_safety(drift=drift, patch_status=status)
+            return
+        key = SAFETY_KEYS.get(data.get("stage", ""))
+        if key is None:
+            return
+        metrics = {k: v for k, v in data.items() if k not in ("stage", *VERDICT_KEYS)}
+        if key == "baseline":
+            self._update_safety(baseline=metrics, audit_baseline=True)
+        elif key == "patched":  # one attempt verified: its numbers and the rule's verdict
+            verdict = {k: data[k] for k in VERDICT_KEYS if k in data}
+            self._update_safety(patched=metrics, patch=verdict)
+        else:
+            self._update_safety(fine_tuned=metrics)
+
+    @property
+    def _strategy(self) -> str:
+        return self.spec.pipeline_config().strategy
+
+    @property
+    def _auto_patch(self) -> bool:
+        return self.spec.pipeline_config().auto_patch
+
+    def _update_safety(
+        self, *, patch: dict[str, Any] | None = None, audit_baseline: bool = False, **changes: Any
+    ) -> None:
+        """Fill in the job's safety block as its numbers come, so that a customer reads the
+        baseline, the fine-tuned numbers, the drift decision and the patch while the job runs
+        (``record_outcome`` writes the final block). ``patch`` is merged into the block's
+        ``patch``. ``audit_baseline``: the base model's evaluation is also an audit record,
+        once per job (a resumed attempt reports the baseline again)."""
+        with self.run.transaction() as (session, job):
+            block = dict(job.safety_settings or {}) | changes
+            if patch is not None:
+                block["patch"] = (block.get("patch") or {}) | patch
+            job.safety_settings = block
+            if audit_baseline and not _baseline_audited(session, job.id):
+                _audit_evaluation(self.run, session, self.spec.base, "base", changes["baseline"])
 
     def _on_generation(self, event: PipelineEvent) -> None:
         """Per-batch progress only keeps the lease alive (``__call__``); not worth a row."""
@@ -414,11 +467,14 @@ def _walk_to_verifying(session: Session, run: JobRun, job: FineTuningJob) -> Non
             )
 
 
-def _patch_status(drifted: bool, *, auto_patch: bool, accepted: bool) -> str:
+def _patch_status(drifted: bool, *, auto_patch: bool, accepted: bool | None) -> str:
+    """``accepted`` is None until the patch stage has its verdict (``pending`` till then)."""
     if not drifted:
         return "not_needed"
     if not auto_patch:
         return "skipped"
+    if accepted is None:
+        return "pending"
     return "patched" if accepted else "failed"
 
 
@@ -530,11 +586,27 @@ def _record_evaluation(
     )
     session.add(evaluation)
     session.flush()
+    _audit_evaluation(run, session, version.name, stage, summary)
+
+
+def _audit_evaluation(
+    run: JobRun, session: Session, model: str, stage: str, summary: dict[str, Any]
+) -> None:
+    """``evaluation.recorded``: a model's numbers at one stage of the job (``base``: the base
+    model's baseline, which has no model version and so no evaluation row)."""
     run.audit(
         session,
         "evaluation.recorded",
-        {"model": version.name, "stage": stage, "judge": summary["judge"]}
-        | {key: summary.get(key) for key in ("asr", "over_refusal", "utility")},
+        {"model": model, "stage": stage, "judge": summary["judge"]}
+        | {key: summary.get(key) for key in ("asr", "over_refusal", "utility")}
+        | {"suite_version": data.SUITE_VERSION},
+    )
+
+
+def _baseline_audited(session: Session, job_id: str) -> bool:
+    return any(
+        record.action == "evaluation.recorded" and record.payload.get("stage") == "base"
+        for record in audit_repository.list_for_subject(session, "fine_tuning_job", job_id)
     )
 
 
@@ -556,6 +628,10 @@ def _record_baseline(session: Session, base: str, summary: dict[str, Any]) -> No
 
 
 STAGE_LABELS = {"base": "Base model", "finetuned": "Fine-tuned model", "patched": "Patched model"}
+# The pipeline's evaluation stages, and their key in the job's safety block.
+SAFETY_KEYS = {"base": "baseline", "finetuned": "fine_tuned", "patched": "patched"}
+# What a verification's metrics event adds to the numbers: the attempt and the rule's verdict.
+VERDICT_KEYS = ("attempt", "accepted", "reasons")
 
 
 def _metrics_message(event: PipelineEvent) -> str:

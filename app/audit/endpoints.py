@@ -28,15 +28,29 @@ def _moment(seconds: int | None) -> datetime | None:
 def list_audit_records(
     auth: AuthDep,
     session: SessionDep,
-    job: str | None = None,
-    model: str | None = None,
+    job: Annotated[str | None, Query(description="Records whose subject is this job.")] = None,
+    model: Annotated[
+        str | None,
+        Query(
+            description="Records about this model: its own (downloads), those naming it "
+            "(creation, evaluations, drift decision, patch verdict), and every record of the "
+            "job that produced it."
+        ),
+    ] = None,
     action: str | None = None,
     since: UnixTime = None,
     until: UnixTime = None,
     after: str | None = None,
     limit: Limit = 100,
 ) -> AuditRecordList:
-    """The caller's audit trail, newest first; ``since`` inclusive, ``until`` exclusive."""
+    """The caller's audit trail, newest first; ``since`` inclusive, ``until`` exclusive.
+
+    ``model=ID`` returns the records about a model. For a fine-tuned, patched or checkpoint
+    version: the records of the job that produced it (its creation, state changes, the base
+    model's baseline and the other evaluations, the drift decision, the patch), plus those
+    whose subject is the version (downloads, integrity failures). For a base model: the records
+    that name it, such as its baseline evaluations and the creation of the jobs on it. The
+    rules are in ``app.audit.service.list_records``."""
     records, has_more = service.list_records(
         session,
         auth=auth,

@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.orm import Session
 
 from app.db.models import AuditRecord
@@ -39,12 +39,26 @@ def list_for_subject(session: Session, subject_type: str, subject_id: str) -> li
     return list(session.scalars(statement))
 
 
+def about_model(model: str, job_id: str | None) -> ColumnElement[bool]:
+    """Records about ``model`` (see ``service.list_records``): its subject is the model, or the
+    payload names it, or it is a record of ``job_id``, the job that produced it."""
+    about = [
+        AuditRecord.subject_id == model,
+        AuditRecord.payload["model"].as_string() == model,
+    ]
+    if job_id is not None:
+        job = and_(AuditRecord.subject_type == "fine_tuning_job", AuditRecord.subject_id == job_id)
+        about.append(job)
+    return or_(*about)
+
+
 def list_for_tenant(
     session: Session,
     tenant_id: str,
     *,
     subject_type: str | None = None,
     subject_id: str | None = None,
+    about: ColumnElement[bool] | None = None,
     action: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
@@ -57,6 +71,8 @@ def list_for_tenant(
         statement = statement.where(AuditRecord.subject_type == subject_type)
     if subject_id is not None:
         statement = statement.where(AuditRecord.subject_id == subject_id)
+    if about is not None:
+        statement = statement.where(about)
     if action is not None:
         statement = statement.where(AuditRecord.action == action)
     if since is not None:

@@ -31,6 +31,7 @@ from app.core.errors import InvalidRequest, NotFound
 from app.core.ids import new_id
 from app.db.base import utcnow
 from app.db.models import AuditRecord
+from app.models import repository as models_repository
 
 if TYPE_CHECKING:  # app.auth.service imports this module (it audits key creation)
     from app.auth.service import AuthContext
@@ -198,7 +199,20 @@ def list_records(
     after: str | None = None,
     limit: int,
 ) -> tuple[Sequence[AuditRecord], bool]:
-    """A page of the tenant's audit trail, newest first; ``after`` is the last record seen."""
+    """A page of the tenant's audit trail, newest first; ``after`` is the last record seen.
+
+    ``job``: the records whose subject is the job. ``model`` (a base model's name, or one of
+    the tenant's model versions): the records about that model, which are
+    - those whose subject is the model: its downloads, a failed integrity check;
+    - those whose payload names it as ``model``: its version's creation, its evaluations (a
+      base model's baseline, measured in a job, included), the drift decision on a fine-tuned
+      model, the patch's verdict on a patched one, and for a base model the creation of each
+      job that fine-tunes it;
+    - for a version a job produced (fine-tuned, patched, checkpoint): every record of that
+      job, from its creation through its state changes, evaluations and drift decision to the
+      patch.
+    Another tenant's model is answered as a model nobody has: no records.
+    """
     if job is not None and model is not None:
         raise InvalidRequest("Filter by 'job' or by 'model', not both.", param="model")
     before_seq = None
@@ -207,11 +221,16 @@ def list_records(
         if cursor is None:
             raise NotFound(f"Could not find audit record: {after}.", param="after")
         before_seq = cursor.seq
+    about = None
+    if model is not None:
+        version = models_repository.get_version_for_tenant(session, auth.tenant.id, model)
+        about = repository.about_model(model, version.job_id if version is not None else None)
     records = repository.list_for_tenant(
         session,
         auth.tenant.id,
         subject_type="fine_tuning_job" if job is not None else None,
-        subject_id=job if job is not None else model,
+        subject_id=job,
+        about=about,
         action=action,
         since=since,
         until=until,

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Form, Query, UploadFile
 from fastapi import File as FormFile
@@ -17,6 +17,9 @@ router = APIRouter(prefix="/v1/files", tags=["files"], responses=TENANT_ERRORS)
 NOT_FOUND = error_responses(404)
 
 Limit = Annotated[int, Query(ge=1, le=10_000)]
+Order = Annotated[
+    Literal["asc", "desc"], Query(description="By creation time: 'desc' (newest first) or 'asc'.")
+]
 
 
 @router.post("", response_model=FileRead, responses=error_responses(413, 415))
@@ -51,15 +54,18 @@ def upload_file(
 def list_files(
     auth: AuthDep,
     session: SessionDep,
-    purpose: str | None = None,
-    after: str | None = None,
+    purpose: Annotated[str | None, Query(description="Only files with this purpose.")] = None,
+    after: Annotated[
+        str | None, Query(description="The last file id of the previous page.")
+    ] = None,
     limit: Limit = 10_000,
+    order: Order = "desc",
 ) -> FileList:
-    """The caller's files, newest first."""
+    """The caller's files, newest first unless ``order=asc``, as OpenAI's cursor page."""
     files, has_more = service.list_files(
-        session, auth=auth, purpose=purpose, after=after, limit=limit
+        session, auth=auth, purpose=purpose, after=after, limit=limit, order=order
     )
-    return FileList(data=[FileRead.of(file) for file in files], has_more=has_more)
+    return FileList.of([FileRead.of(file) for file in files], has_more=has_more)
 
 
 @router.get("/{file_id}", response_model=FileRead, responses=NOT_FOUND)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
@@ -16,20 +17,35 @@ def get_for_tenant(session: Session, tenant_id: str, file_id: str) -> File | Non
 
 
 def list_for_tenant(
-    session: Session, tenant_id: str, *, purpose: str | None, after: File | None, limit: int
+    session: Session,
+    tenant_id: str,
+    *,
+    purpose: str | None,
+    after: File | None,
+    limit: int,
+    order: Literal["asc", "desc"] = "desc",
 ) -> Sequence[File]:
-    """Newest first; ``after`` is the last file of the previous page (keyset pagination)."""
+    """Newest first (``order="asc"``: oldest first); ``after`` is the last file of the previous
+    page (keyset pagination on ``created_at``, then ``id`` for files made in the same instant)."""
     statement = select(File).where(File.tenant_id == tenant_id)
     if purpose is not None:
         statement = statement.where(File.purpose == purpose)
     if after is not None:
-        statement = statement.where(
-            or_(
+        if order == "desc":
+            later = or_(
                 File.created_at < after.created_at,
                 and_(File.created_at == after.created_at, File.id < after.id),
             )
-        )
-    statement = statement.order_by(File.created_at.desc(), File.id.desc())
+        else:
+            later = or_(
+                File.created_at > after.created_at,
+                and_(File.created_at == after.created_at, File.id > after.id),
+            )
+        statement = statement.where(later)
+    if order == "desc":
+        statement = statement.order_by(File.created_at.desc(), File.id.desc())
+    else:
+        statement = statement.order_by(File.created_at.asc(), File.id.asc())
     return session.scalars(statement.limit(limit)).all()
 
 

@@ -34,9 +34,22 @@ class FileRead(BaseModel):
 
 
 class FileList(BaseModel):
+    """OpenAI's cursor page: ``first_id``/``last_id`` are the page's ends (null when empty)."""
+
     object: Literal["list"] = "list"
     data: list[FileRead]
+    first_id: str | None
+    last_id: str | None
     has_more: bool
+
+    @classmethod
+    def of(cls, data: list[FileRead], *, has_more: bool) -> FileList:
+        return cls(
+            data=data,
+            first_id=data[0].id if data else None,
+            last_id=data[-1].id if data else None,
+            has_more=has_more,
+        )
 
 
 class FileDeleted(BaseModel):

@@ -7,6 +7,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from sqlalchemy.orm import Session
 
@@ -170,12 +171,18 @@ def get(session: Session, *, auth: AuthContext, file_id: str) -> File:
 
 
 def list_files(
-    session: Session, *, auth: AuthContext, purpose: str | None, after: str | None, limit: int
+    session: Session,
+    *,
+    auth: AuthContext,
+    purpose: str | None,
+    after: str | None,
+    limit: int,
+    order: Literal["asc", "desc"] = "desc",
 ) -> tuple[Sequence[File], bool]:
-    """A page of the tenant's files, newest first, and whether more follow."""
+    """A page of the tenant's files in ``order`` of creation, and whether more follow."""
     cursor = get(session, auth=auth, file_id=after) if after is not None else None
     files = repository.list_for_tenant(
-        session, auth.tenant.id, purpose=purpose, after=cursor, limit=limit + 1
+        session, auth.tenant.id, purpose=purpose, after=cursor, limit=limit + 1, order=order
     )
     return files[:limit], len(files) > limit
 

@@ -2,10 +2,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
 from app.auth.dependencies import AuthDep
-from app.core.dependencies import SessionDep, SettingsDep, TaskQueueDep
+from app.core.dependencies import (
+    SessionDep,
+    SettingsDep,
+    TaskQueueDep,
+    deep_object,
+    deep_object_parameter,
+)
 from app.core.openapi import TENANT_ERRORS, error_responses
 from app.jobs import service
 from app.jobs.schemas import (
@@ -24,6 +30,12 @@ router = APIRouter(
 NOT_FOUND = error_responses(404)
 
 Limit = Annotated[int, Query(ge=1, le=100)]
+# OpenAI's metadata filter: the openai client sends `metadata={"team": "x"}` as
+# `metadata[team]=x`, which FastAPI cannot declare; read from the query string, documented here.
+MetadataFilter = Annotated[dict[str, str] | None, Depends(deep_object("metadata"))]
+METADATA_FILTER_DOC = deep_object_parameter(
+    "metadata", "Only jobs whose metadata has every given pair: metadata[key]=value."
+)
 
 
 @router.post("", response_model=JobRead, responses=error_responses(413))
@@ -46,12 +58,19 @@ def create_job(
     return JobRead.of(job)
 
 
-@router.get("", response_model=JobList, responses=NOT_FOUND)
+@router.get("", response_model=JobList, responses=NOT_FOUND, openapi_extra=METADATA_FILTER_DOC)
 def list_jobs(
-    auth: AuthDep, session: SessionDep, after: str | None = None, limit: Limit = 20
+    auth: AuthDep,
+    session: SessionDep,
+    metadata: MetadataFilter,
+    after: str | None = None,
+    limit: Limit = 20,
 ) -> JobList:
-    """The caller's jobs, newest first."""
-    jobs, has_more = service.list_jobs(session, auth=auth, after=after, limit=limit)
+    """The caller's jobs, newest first; ``metadata[key]=value`` keeps the jobs whose metadata
+    has every pair given."""
+    jobs, has_more = service.list_jobs(
+        session, auth=auth, after=after, limit=limit, metadata=metadata
+    )
     return JobList(data=[JobRead.of(job) for job in jobs], has_more=has_more)
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from app.db.models import FineTuningJob, JobEvent
@@ -30,10 +30,19 @@ def get_for_tenant(
 
 
 def list_for_tenant(
-    session: Session, tenant_id: str, *, after: FineTuningJob | None, limit: int
+    session: Session,
+    tenant_id: str,
+    *,
+    after: FineTuningJob | None,
+    limit: int,
+    metadata: dict[str, str] | None = None,
 ) -> Sequence[FineTuningJob]:
-    """Newest first; ``after`` is the last job of the previous page (keyset pagination)."""
+    """Newest first; ``after`` is the last job of the previous page (keyset pagination);
+    ``metadata``: only jobs whose metadata has each of these pairs."""
     statement = select(FineTuningJob).where(FineTuningJob.tenant_id == tenant_id)
+    dialect = session.get_bind().dialect.name
+    for key, value in (metadata or {}).items():
+        statement = statement.where(_metadata_has(dialect, key, value))
     if after is not None:
         statement = statement.where(
             or_(
@@ -43,6 +52,18 @@ def list_for_tenant(
         )
     statement = statement.order_by(FineTuningJob.created_at.desc(), FineTuningJob.id.desc())
     return session.scalars(statement.limit(limit)).all()
+
+
+def _metadata_has(dialect: str, key: str, value: str) -> ColumnElement[bool]:
+    """The job's metadata maps ``key`` to ``value``. SQLite's JSON paths cannot name every key
+    (one with a quote or a non-ASCII letter matches nothing), so there the pairs of
+    ``json_each`` are compared; PostgreSQL's ``->>`` takes the key as a bound value."""
+    if dialect == "sqlite":
+        pairs = func.json_each(FineTuningJob.user_metadata).table_valued("key", "value")
+        return exists(
+            select(1).select_from(pairs).where(pairs.c.key == key, pairs.c.value == value)
+        )
+    return FineTuningJob.user_metadata[key].as_string() == value
 
 
 def count_active(session: Session, tenant_id: str) -> int:

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.db.models import FineTuningJob, JobEvent, ModelVersion
+from app.jobs.states import TERMINAL
 
 Auto = Literal["auto"]
 
@@ -103,7 +104,13 @@ PatchStatus = Literal["not_needed", "pending", "running", "patched", "failed", "
 
 
 class SafetyRead(BaseModel):
-    """The job's safety block: settings, metrics per model, the drift decision, the patch."""
+    """The job's safety block: settings, metrics per model, the drift decision, the patch.
+
+    Filled in while the job runs: ``baseline`` once the base model's numbers are known,
+    ``fine_tuned`` after the final evaluation, then ``drift`` and ``patch_status`` (``pending``
+    until the drift decision, then ``not_needed``, ``skipped``, or ``running`` while the patch
+    stage runs, ``patched`` or ``failed`` at the end), and ``patch``/``patched`` per attempt.
+    """
 
     asr_threshold: float
     auto_patch: bool
@@ -113,11 +120,17 @@ class SafetyRead(BaseModel):
     patched: dict[str, Any] | None = None
     drift: dict[str, Any] | None = None
     patch_status: PatchStatus = "pending"
+    # strategy, attempt, example {prompt, reply}, epochs, accepted, reasons; at the end also
+    # seconds, cer and every attempt. Kept when the patch missed the rule.
+    patch: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, job: FineTuningJob) -> SafetyRead:
         # Settings as created, plus whatever the worker has recorded so far (results keys).
         values = SafetySettings().model_dump() | (job.safety_settings or {})
+        if values.get("patch_status") == "running" and job.status in TERMINAL:
+            # The job ended inside the patch stage (an error, a cancellation): no patch.
+            values["patch_status"] = "failed"
         return cls.model_validate({key: values[key] for key in cls.model_fields if key in values})
 
 

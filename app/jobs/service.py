@@ -203,11 +203,20 @@ def get(
 
 
 def list_jobs(
-    session: Session, *, auth: AuthContext, after: str | None, limit: int
+    session: Session,
+    *,
+    auth: AuthContext,
+    after: str | None,
+    limit: int,
+    metadata: dict[str, str] | None = None,
 ) -> tuple[Sequence[FineTuningJob], bool]:
-    """A page of the tenant's jobs, newest first, and whether more follow."""
+    """A page of the tenant's jobs, newest first, and whether more follow; with ``metadata``,
+    only the jobs whose metadata has every one of its pairs."""
+    _check_metadata(metadata)
     cursor = get(session, auth=auth, job_id=after) if after is not None else None
-    jobs = repository.list_for_tenant(session, auth.tenant.id, after=cursor, limit=limit + 1)
+    jobs = repository.list_for_tenant(
+        session, auth.tenant.id, after=cursor, limit=limit + 1, metadata=metadata or {}
+    )
     return jobs[:limit], len(jobs) > limit
 
 

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.db.base import utcnow
-from tests.factories import Caller, create_caller, create_job
+from app.db.models import ModelKind
+from tests.factories import BASE_MODEL, Caller, create_caller, create_job, create_model_version
 
 AUDIT = "/v1/audit"
 
@@ -59,6 +63,84 @@ def test_filters_by_action_model_and_time(
     assert past["data"] == []
     window = {"since": now - 3600, "until": now + 3600, "action": "model.downloaded"}
     assert actions(client.get(AUDIT, params=window, headers=headers).json()) == ["model.downloaded"]
+
+
+def record(
+    session: Session, caller: Caller, action: str, subject: tuple[str, str], **payload: Any
+) -> None:
+    audit.record(
+        session,
+        action=action,
+        subject_type=subject[0],
+        subject_id=subject[1],
+        actor="worker:test",
+        tenant_id=caller.auth.tenant.id,
+        payload=payload,
+    )
+    session.commit()
+
+
+def test_model_filter_returns_the_records_about_the_model(
+    client: TestClient, caller: Caller, session: Session, tmp_path: Path
+) -> None:
+    # A job's trail as the worker writes it (workers/job_pipeline.py), then a download.
+    job = create_job(session, caller)
+    other_job = create_job(session, caller)
+    subject = ("fine_tuning_job", job.id)
+    finetuned = create_model_version(session, caller, tmp_path / "ft", name="ft:m:1", job=job)
+    patched = create_model_version(
+        session,
+        caller,
+        tmp_path / "patched",
+        name="ft:m:1:patched",
+        kind=ModelKind.PATCHED,
+        parent=finetuned,
+        job=job,
+    )
+    record(session, caller, "evaluation.recorded", subject, model=BASE_MODEL, stage="base")
+    record(session, caller, "model_version.created", subject, model=finetuned.name)
+    record(session, caller, "evaluation.recorded", subject, model=finetuned.name, stage="x")
+    record(session, caller, "safety.drift_decided", subject, model=finetuned.name)
+    record(session, caller, "safety.patch_accepted", subject, model=patched.name)
+    record(session, caller, "model.downloaded", ("model", patched.name), model=patched.name)
+    other = ("fine_tuning_job", other_job.id)
+    record(session, caller, "evaluation.recorded", other, model=BASE_MODEL, stage="base")
+    stranger = create_caller(session)
+    record(
+        session, stranger, "evaluation.recorded", ("fine_tuning_job", "ftjob-x"), model=BASE_MODEL
+    )
+
+    def about(model: str, **params: Any) -> list[tuple[str, str]]:
+        body = client.get(AUDIT, params={"model": model} | params, headers=caller.headers).json()
+        return [(r["action"], r["payload"].get("model", "")) for r in body["data"]]
+
+    job_trail = [
+        ("safety.patch_accepted", patched.name),
+        ("safety.drift_decided", finetuned.name),
+        ("evaluation.recorded", finetuned.name),
+        ("model_version.created", finetuned.name),
+        ("evaluation.recorded", BASE_MODEL),  # the baseline, measured in this job
+        ("job.state_changed", ""),
+        ("job.created", BASE_MODEL),
+    ]
+    # The patched version: its download and everything the job that made it recorded.
+    assert about(patched.name) == [("model.downloaded", patched.name), *job_trail]
+    assert about(finetuned.name) == job_trail  # the patched model's download is not about it
+    assert about(patched.name, action="evaluation.recorded") == [
+        ("evaluation.recorded", finetuned.name),
+        ("evaluation.recorded", BASE_MODEL),
+    ]
+    # A base model: the records naming it, in every job of the tenant's (none of the other's).
+    assert about(BASE_MODEL) == [
+        ("evaluation.recorded", BASE_MODEL),
+        ("evaluation.recorded", BASE_MODEL),
+        ("job.created", BASE_MODEL),
+        ("job.created", BASE_MODEL),
+    ]
+    # Another tenant's model is a model nobody has.
+    stranger_view = client.get(AUDIT, params={"model": patched.name}, headers=stranger.headers)
+    assert stranger_view.status_code == 200 and stranger_view.json()["data"] == []
+    assert about("ft:nobody:has") == []
 
 
 def test_cursor_pagination_walks_every_record_once(

@@ -160,6 +160,42 @@ def test_list_get_content_and_delete(
     assert len(stored_blobs(settings)) == 1
 
 
+def test_list_takes_openais_order_purpose_and_cursor(client: TestClient, caller: Caller) -> None:
+    ids = [upload(client, caller, chat_jsonl(n), filename=f"{n}.jsonl")[1]["id"] for n in (3, 4, 5)]
+
+    def listed(**params: object) -> dict[str, object]:
+        response = client.get(FILES, params=params, headers=caller.headers)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    newest = listed()
+    assert [item["id"] for item in newest["data"]] == ids[::-1]
+    assert (newest["first_id"], newest["last_id"], newest["has_more"]) == (ids[2], ids[0], False)
+    oldest = listed(order="asc")
+    assert [item["id"] for item in oldest["data"]] == ids
+    assert (oldest["first_id"], oldest["last_id"]) == (ids[0], ids[2])
+
+    # Each order pages through its own direction.
+    page = listed(order="asc", limit=2)
+    assert [item["id"] for item in page["data"]] == ids[:2] and page["has_more"] is True
+    rest = listed(order="asc", limit=2, after=page["last_id"])
+    assert [item["id"] for item in rest["data"]] == ids[2:] and rest["has_more"] is False
+    page = listed(order="desc", limit=2, after=ids[2])
+    assert [item["id"] for item in page["data"]] == ids[1::-1] and page["has_more"] is False
+
+    assert len(listed(purpose="fine-tune")["data"]) == 3
+    other_purpose = listed(purpose="assistants")
+    assert other_purpose["data"] == [] and other_purpose["first_id"] is other_purpose["last_id"]
+    assert other_purpose["first_id"] is None
+
+
+def test_list_refuses_an_unknown_order_or_cursor(client: TestClient, caller: Caller) -> None:
+    sideways = client.get(FILES, params={"order": "sideways"}, headers=caller.headers)
+    assert sideways.status_code == 400 and sideways.json()["error"]["param"] == "order"
+    missing = client.get(FILES, params={"after": "file-missing"}, headers=caller.headers)
+    assert missing.status_code == 404
+
+
 def test_delete_keeps_content_shared_with_another_file(
     client: TestClient, caller: Caller, settings: Settings
 ) -> None:

@@ -192,6 +192,47 @@ def test_list_pages_newest_first(client: TestClient, caller: Caller, session: Se
     assert last["has_more"] is False
 
 
+def test_list_filters_by_metadata_pairs(
+    client: TestClient, caller: Caller, session: Session
+) -> None:
+    odd = {'quote"d': "1", "é k": "ü", "a.b[c]": "x"}  # keys a JSON path cannot always name
+    red = create_job(session, caller, metadata={"team": "red", "run": "1"} | odd).id
+    blue = create_job(session, caller, metadata={"team": "blue", "run": "1"}).id
+    red_again = create_job(session, caller, metadata={"team": "red", "run": "2"}).id
+    create_job(session, caller)  # no metadata at all
+    create_job(session, create_caller(session), metadata={"team": "red", "run": "1"})
+
+    def listed(params: dict[str, Any]) -> list[str]:
+        response = client.get(JOBS, params=params, headers=caller.headers)
+        assert response.status_code == 200, response.text
+        return [job["id"] for job in response.json()["data"]]
+
+    assert listed({"metadata[team]": "red"}) == [red_again, red]
+    assert listed({"metadata[team]": "red", "metadata[run]": "1"}) == [red]  # every pair
+    assert listed({"metadata[run]": "1"}) == [blue, red]
+    assert listed({"metadata[team]": "green"}) == []
+    assert listed({"metadata[missing]": "red"}) == []
+    for key, value in odd.items():
+        assert listed({f"metadata[{key}]": value}) == [red], key
+    assert listed({'metadata[quote"d]': "2"}) == []
+    # The filter and the cursor together.
+    page = client.get(JOBS, params={"metadata[team]": "red", "limit": 1}, headers=caller.headers)
+    assert [job["id"] for job in page.json()["data"]] == [red_again] and page.json()["has_more"]
+    assert listed({"metadata[team]": "red", "after": red_again}) == [red]
+
+
+def test_a_malformed_metadata_filter_is_a_400(client: TestClient, caller: Caller) -> None:
+    for params in ({"metadata": "team"}, {"metadata[team]": "re\x00d"}):
+        response = client.get(JOBS, params=params, headers=caller.headers)
+        assert response.status_code == 400, params
+        assert response.json()["error"]["param"].startswith("metadata")
+    # Only the jobs list takes it.
+    files = client.get("/v1/files", params={"metadata[team]": "red"}, headers=caller.headers)
+    assert files.status_code == 400 and files.json()["error"]["code"] == "unknown_parameter"
+    unknown = client.get(JOBS, params={"meta[team]": "red"}, headers=caller.headers)
+    assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "meta[team]"
+
+
 def test_list_rejects_a_limit_out_of_range(client: TestClient, caller: Caller) -> None:
     response = client.get(JOBS, params={"limit": 101}, headers=caller.headers)
     assert response.status_code == 400
@@ -324,6 +365,7 @@ def test_safety_extension_is_stored_and_shown(
         "patched": None,
         "drift": None,
         "patch_status": "pending",
+        "patch": None,
     }
     stored = session.get(FineTuningJob, job["id"])
     assert stored is not None

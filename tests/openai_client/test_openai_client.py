@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
+from tests import api_checks
 from tests.conftest import RecordingQueue
 from tests.factories import BASE_MODEL, Caller, create_caller
 
@@ -74,10 +75,46 @@ def test_upload_create_retrieve_list_events_and_cancel(
     assert sdk.files.delete(uploaded.id).deleted is True
 
 
+def test_files_list_pages_in_either_order(make_client: MakeClient, caller: Caller) -> None:
+    sdk = make_client(caller)
+    ids = [sdk.files.create(file=(f"{n}.jsonl", TRAIN), purpose="fine-tune").id for n in range(3)]
+    # Iterating a page follows `after` from page to page, as for OpenAI.
+    assert [f.id for f in sdk.files.list(limit=1, order="asc")] == ids
+    assert [f.id for f in sdk.files.list(limit=2)] == ids[::-1]
+    page = sdk.files.list(limit=2, order="desc", purpose="fine-tune")
+    assert [f.id for f in page.data] == [ids[2], ids[1]] and page.has_more is True
+    assert list(sdk.files.list(purpose="batch")) == []
+
+
+def test_jobs_list_filters_by_metadata(make_client: MakeClient, caller: Caller) -> None:
+    sdk = make_client(caller)
+    uploaded = sdk.files.create(file=("train.jsonl", TRAIN), purpose="fine-tune")
+
+    def create(metadata: dict[str, str]) -> str:
+        job = sdk.fine_tuning.jobs.create(
+            model=BASE_MODEL, training_file=uploaded.id, metadata=metadata
+        )
+        assert job.metadata == metadata
+        return job.id
+
+    red = create({"team": "red", "stage": "prod"})
+    blue = create({"team": "blue", "stage": "prod"})
+    red_dev = create({"team": "red", "stage": "dev"})
+    # The client sends the dict as metadata[team]=red&metadata[stage]=prod.
+    assert [j.id for j in sdk.fine_tuning.jobs.list(metadata={"team": "red"})] == [red_dev, red]
+    both = sdk.fine_tuning.jobs.list(metadata={"team": "red", "stage": "prod"})
+    assert [j.id for j in both] == [red]
+    # Auto-paging keeps the filter on every page.
+    assert [j.id for j in sdk.fine_tuning.jobs.list(metadata={"stage": "prod"}, limit=1)] == [
+        blue,
+        red,
+    ]
+    assert list(sdk.fine_tuning.jobs.list(metadata={"team": "green"})) == []
+
+
 def test_typed_errors(make_client: MakeClient, caller: Caller) -> None:
     sdk = make_client(caller)
-    with pytest.raises(openai.NotFoundError):
-        sdk.fine_tuning.jobs.retrieve("ftjob-missing")
+    api_checks.check_typed_errors(sdk)  # the checks run against the real deployments too
     with pytest.raises(openai.BadRequestError) as bad_file:
         sdk.files.create(file=("bad.jsonl", TRAIN + b"not json\n"), purpose="fine-tune")
     assert "line 4" in bad_file.value.message
@@ -98,23 +135,13 @@ def test_another_tenant_sees_none_of_the_objects(
 ) -> None:
     mine = make_client(caller)
     uploaded = mine.files.create(file=("train.jsonl", TRAIN), purpose="fine-tune")
-    job = mine.fine_tuning.jobs.create(model="smollm2-135m-instruct", training_file=uploaded.id)
+    job = mine.fine_tuning.jobs.create(model=BASE_MODEL, training_file=uploaded.id)
 
     theirs = make_client(create_caller(session))
-    assert list(theirs.files.list()) == []
-    assert list(theirs.fine_tuning.jobs.list()) == []
-    for call in (
-        lambda: theirs.files.retrieve(uploaded.id),
-        lambda: theirs.files.content(uploaded.id),
-        lambda: theirs.files.delete(uploaded.id),
-        lambda: theirs.fine_tuning.jobs.retrieve(job.id),
-        lambda: theirs.fine_tuning.jobs.cancel(job.id),
-        lambda: list(theirs.fine_tuning.jobs.list_events(job.id)),
-    ):
-        with pytest.raises(openai.NotFoundError):
-            call()
-    with pytest.raises(openai.BadRequestError):
-        theirs.fine_tuning.jobs.create(model="smollm2-135m-instruct", training_file=uploaded.id)
+    made = api_checks.Objects(files=[uploaded.id], jobs=[job.id], models=[])
+    api_checks.check_other_tenant_sees_nothing(theirs, made, base_model=BASE_MODEL)
+    assert mine.files.retrieve(uploaded.id).id == uploaded.id  # still there for its owner
+    assert [j.id for j in mine.fine_tuning.jobs.list()] == [job.id]
 
 
 def test_method_checkpoints_and_models_through_the_client(

@@ -11,6 +11,7 @@ run the pipeline itself (cancellation, a base model missing on the worker).
 from __future__ import annotations
 
 import copy
+import itertools
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.audit import service as audit_service
 from app.core.db import SessionFactory
 from app.core.settings import Settings
 from app.db.base import utcnow
@@ -174,8 +176,36 @@ def stages(session: Session, job: FineTuningJob) -> list[tuple[str, str | None]]
     ]
 
 
+SafetyLog = list[tuple[PipelineEvent, dict[str, Any]]]
+
+
+@pytest.fixture
+def safety_log(session_factory: SessionFactory, monkeypatch: pytest.MonkeyPatch) -> SafetyLog:
+    """The job's safety block as the API shows it, read after the worker handled each event."""
+    log: SafetyLog = []
+    original = job_pipeline.JobEventSink.__call__
+
+    def call(sink: job_pipeline.JobEventSink, event: PipelineEvent) -> None:
+        original(sink, event)
+        with session_factory() as other:
+            job = other.get(FineTuningJob, sink.spec.job_id)
+            assert job is not None
+            log.append((event, JobRead.of(job).safety.model_dump()))
+
+    monkeypatch.setattr(job_pipeline.JobEventSink, "__call__", call)
+    return log
+
+
+def block_after(log: SafetyLog, starts: str, *, last: bool = False) -> dict[str, Any]:
+    """The safety block right after the (first, or last) event whose message starts so."""
+    found = [block for event, block in log if event.message.startswith(starts)]
+    assert found, f"no event {starts!r}"
+    return found[-1] if last else found[0]
+
+
 def test_a_drifted_fine_tune_is_patched_and_only_the_patch_is_released(
     session: Session,
+    caller: Caller,
     tiny_job: Callable[..., FineTuningJob],
     run_job: Callable[[str], None],
     recorded_run: RecordedRun,
@@ -248,6 +278,23 @@ def test_a_drifted_fine_tune_is_patched_and_only_the_patch_is_released(
     ):
         assert action in actions
 
+    # GET /v1/audit?model=<patched>: the whole trail of the job that made it.
+    about, _ = audit_service.list_records(
+        session, auth=caller.auth, model=f"{name}:patched", limit=1000
+    )
+    trail = {(r.action, r.payload.get("stage")) for r in about}
+    assert {r.subject_id for r in about} == {job.id}
+    for expected in [
+        ("job.created", None),
+        ("evaluation.recorded", "base"),
+        ("evaluation.recorded", "fine_tuned"),
+        ("evaluation.recorded", "patched"),
+        ("model_version.created", None),
+        ("safety.drift_decided", None),
+        ("safety.patch_accepted", None),
+    ]:
+        assert expected in trail, expected
+
 
 def test_recording_twice_makes_no_second_version_or_event(
     session: Session,
@@ -275,12 +322,18 @@ def test_no_drift_releases_the_fine_tuned_model_without_a_patch(
     run_job: Callable[[str], None],
     recorded_run: RecordedRun,
     monkeypatch: pytest.MonkeyPatch,
+    safety_log: SafetyLog,
 ) -> None:
     def safe(report: dict[str, Any]) -> None:
         report["drift"]["detected"] = False
         report["patch"] = report["patched"] = None
 
-    replay(monkeypatch, recorded_run, edit=safe, until="drift decision")
+    # The recorded events through the drift decision, which now finds a fine-tune that kept
+    # its safety; nothing is patched after it.
+    events = list(itertools.takewhile(lambda e: e.message != "drift decision", recorded_run.events))
+    decision = next(e for e in recorded_run.events if e.message == "drift decision")
+    events.append(PipelineEvent("metrics", decision.message, decision.data | {"drifted": False}))
+    replay(monkeypatch, RecordedRun(recorded_run.result, events, recorded_run.work_dir), edit=safe)
     job = tiny_job()
     run_job(job.id)
 
@@ -291,6 +344,9 @@ def test_no_drift_releases_the_fine_tuned_model_without_a_patch(
     made = versions(session, job)
     assert made[name].status == "ready" and f"{name}:patched" not in made
     assert job.safety_settings["patch_status"] == "not_needed"
+    # Known as soon as it is decided, before the job ends.
+    decided = block_after(safety_log, "drift decision")
+    assert decided["drift"]["detected"] is False and decided["patch_status"] == "not_needed"
 
 
 def test_a_missed_patch_quarantines_both_models_and_fails_the_job(
@@ -316,8 +372,15 @@ def test_a_missed_patch_quarantines_both_models_and_fails_the_job(
     name = f"ft:{TINY_SAFE}:demo:{job.id}"
     assert made[name].status == made[f"{name}:patched"].status == "quarantined"
     assert "missed the acceptance rule" in (made[f"{name}:patched"].status_reason or "")
-    assert job.safety_settings["patch_status"] == "failed"
     assert "safety.patch_rejected" in audit_actions(session)
+    # The patch that missed stays on the job: what it tried, and why it was not enough.
+    safety = JobRead.of(job).safety
+    assert safety.patch_status == "failed" and safety.patched is not None
+    patch = safety.patch
+    assert patch is not None and patch["accepted"] is False
+    assert patch["reasons"] == ["over-refusal 0.400 > limit 0.140"]
+    assert patch["strategy"] == "sft" and patch["example"]["prompt"] and patch["example"]["reply"]
+    assert patch["epochs"] >= 1 and patch["seconds"] > 0 and patch["cer"]
 
 
 def test_drift_without_auto_patch_quarantines_the_model(
@@ -485,3 +548,93 @@ def test_a_resumed_attempt_does_not_log_again_the_steps_it_trains_again(
     )
     logged = [(data["step"], data["train_loss"]) for data in session.scalars(statement) if data]
     assert logged == [(1, 1.0), (2, 0.9), (3, 0.8), (4, 0.7), (5, 0.6), (6, 0.5)]
+
+
+def test_the_safety_block_fills_in_while_the_job_runs(
+    session: Session,
+    tiny_job: Callable[..., FineTuningJob],
+    run_job: Callable[[str], None],
+    recorded_run: RecordedRun,
+    monkeypatch: pytest.MonkeyPatch,
+    safety_log: SafetyLog,
+) -> None:
+    replay(monkeypatch, recorded_run)
+    job = tiny_job()
+    run_job(job.id)
+    report = recorded_run.result.report
+
+    loading = block_after(safety_log, "loading base model")
+    assert (loading["baseline"], loading["patch_status"]) == (None, "pending")
+    assert loading["asr_threshold"] == 0.05 and loading["strategy"] == "sft"
+
+    baseline = block_after(safety_log, "base metrics")  # known before the fine-tune starts
+    assert baseline["baseline"]["asr"] == report["base"]["asr"] == 0.0
+    assert baseline["baseline"]["judge"] == report["base"]["judge"]
+    assert (baseline["fine_tuned"], baseline["drift"], baseline["patch_status"]) == (
+        None,
+        None,
+        "pending",
+    )
+    training = block_after(safety_log, "step 1 ")
+    assert training["baseline"] == baseline["baseline"] and training["fine_tuned"] is None
+
+    evaluated = block_after(safety_log, "finetuned metrics")
+    assert evaluated["fine_tuned"]["asr"] == 1.0
+    assert evaluated["drift"] is None and evaluated["patch_status"] == "pending"
+
+    decided = block_after(safety_log, "drift decision")
+    assert decided["drift"] == report["drift"] and decided["drift"]["detected"] is True
+    assert decided["patch_status"] == "pending" and decided["patch"] is None
+
+    patching = block_after(safety_log, "patching: choosing")
+    assert patching["patch_status"] == "running" and patching["patch"] == {"strategy": "sft"}
+    trying = block_after(safety_log, "attempt 1:")
+    assert trying["patch"]["attempt"] == 1 and trying["patch"]["example"]["prompt"]
+    assert trying["patch"]["example"]["reply"] and trying["patch"]["epochs"] == 0
+    assert trying["patched"] is None
+    epoch = block_after(safety_log, "patch epoch", last=True)
+    assert epoch["patch"]["epochs"] >= 1 and epoch["patch_status"] == "running"
+    # The recorded run stopped at its first accepted attempt.
+    verified = block_after(safety_log, "patched metrics (attempt", last=True)
+    assert verified["patched"]["asr"] <= 0.02 and "attempt" not in verified["patched"]
+    assert verified["patch"]["accepted"] is True and verified["patch"]["reasons"] == []
+    assert verified["patch_status"] == "running"  # until the outcome is recorded
+
+    final = JobRead.of(reload(session, job)).safety
+    assert final.patch_status == "patched" and final.patched == report["patched"]
+    assert final.patch is not None
+    assert {"strategy", "example", "epochs", "seconds", "cer", "accepted"} <= set(final.patch)
+    assert final.patch["example"] == verified["patch"]["example"]
+
+    # The base model's evaluation is an audit record of the job, once.
+    baselines = [
+        r.payload
+        for r in session.scalars(select(AuditRecord).where(AuditRecord.subject_id == job.id))
+        if r.action == "evaluation.recorded" and r.payload["stage"] == "base"
+    ]
+    assert len(baselines) == 1
+    assert (baselines[0]["model"], baselines[0]["asr"]) == (TINY_SAFE, 0.0)
+
+
+def test_a_job_that_ends_inside_the_patch_stage_reads_as_a_failed_patch(
+    session: Session,
+    tiny_job: Callable[..., FineTuningJob],
+    run_job: Callable[[str], None],
+    recorded_run: RecordedRun,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The worker reported the patch stage, then the pipeline broke before its verdict.
+    replay(monkeypatch, recorded_run, until="verifying attempt 1")
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(job_pipeline, "record_outcome", broken)
+    job = tiny_job()
+    run_job(job.id)
+
+    job = reload(session, job)
+    assert job.status == "failed" and job.safety_settings["patch_status"] == "running"
+    safety = JobRead.of(job).safety
+    assert safety.patch_status == "failed"
+    assert safety.patch is not None and safety.patch["example"]["prompt"]

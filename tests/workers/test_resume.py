@@ -181,3 +181,6 @@ def test_a_job_that_dies_twice_resumes_and_records_everything_once(
     assert moves.count(("running", "fine_tuning")) == 1
     assert moves.count(("running", "evaluating")) == 1
     assert len([r for r in audit if r.action == "safety.drift_decided"]) == 1
+    # Each attempt reported the base model's baseline; it is audited once.
+    evaluated = Counter(r.payload["stage"] for r in audit if r.action == "evaluation.recorded")
+    assert evaluated["base"] == 1 and evaluated["fine_tuned"] == 1
