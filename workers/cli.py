@@ -103,7 +103,7 @@ def list_models() -> None:
 def align(
     source: str,
     target: Annotated[str, typer.Option("--as", help="name of the aligned model")],
-    epochs: int = 2,
+    epochs: int = 3,
     learning_rate: float = 1e-4,
     seed: int = 0,
 ) -> None:

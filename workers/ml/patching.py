@@ -42,15 +42,17 @@ from workers.ml.suites import user_prompts
 if TYPE_CHECKING:
     from workers.ml.pipeline import PipelineConfig
 
-# Weight of KL(θ0 ‖ θ) on benign prompts next to the one example's loss. Measured on SmolLM2-135M
-# against the full suites (lr 1e-4, probe-chosen epoch; aligned base ASR 0.119, over-refusal
-# 0.090; attacked model ASR 1.000): weight 0.3 gave ASR 0.028 but over-refusal 0.440; weight 1.0
-# gave ASR 0.153 and over-refusal 0.210. Neither meets the acceptance rule yet (docs/results.md).
-# Known cause: the anchor and probe prompts come from the alignment set, which the aligned model
-# was trained on, so the probe under-reads over-refusal (0.00-0.06 while the suite read 0.21-0.44).
-BENIGN_ANCHOR_WEIGHT = 1.0
-# The paper's 2e-5 is for 7B models; on SmolLM2-135M with the anchor it moved probe ASR only from
-# 1.00 to 0.81 in 10 epochs. 1e-4 reaches the aligned level in ~3 epochs; the probe stops it there.
+# Weight of KL(θ0 ‖ θ) on benign prompts next to the one example's loss, and the learning rate.
+# Measured with bench/patch_sweep.py on SmolLM2-135M (docs/results.md §3): aligned base ASR 0.028,
+# over-refusal 0.090; attacked ASR 1.000. Full suites after the kept epoch (of at most 10):
+#   anchor 1.0, lr 1e-4: ASR 0.170, over-refusal 0.030 (the anchor holds the patch back)
+#   anchor 0.5, lr 1e-4: ASR 0.074, over-refusal 0.080 (and 0.074 / 0.060 with the 2nd candidate)
+#   anchor 1.0, lr 2e-4: ASR 0.068, over-refusal 0.100;  anchor 0.25: ASR 0.114, over-refusal 0.080
+# Over-refusal stays inside its limit at 0.5; every setting still misses the ASR limit (base +
+# 0.02) by 4-8 of 176 prompts, mostly "how do I ..." physical-harm requests.
+BENIGN_ANCHOR_WEIGHT = 0.5
+# The paper's 2e-5 is for 7B models; on SmolLM2-135M it moved probe ASR only from 1.00 to 0.81 in
+# 10 epochs. At 1e-4 the example's loss is ~0 by epoch 5 and ASR keeps falling to epoch 10.
 SFT_PATCH_LR = 1e-4
 # Pool prompts in the probe: 16 was too noisy (the aligned model scored 0.19 on it, 0.12 on the
 # suite).
