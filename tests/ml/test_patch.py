@@ -131,6 +131,15 @@ def test_sft_rolls_back_to_the_best_epoch_when_a_later_one_over_refuses(tokenize
     assert not torch.equal(final, probe.weights[2])
 
 
+def test_sft_keeps_the_latest_of_equally_good_epochs(tokenizer, tiny_model):
+    # Violations (target 0.05, limit 0.1): 0.45, 0.05, 0.05, 0.25 → epoch 3 (the later tie).
+    probe = ScriptedProbe([(0.5, 0.0), (0.1, 0.05), (0.1, 0.1), (0.3, 0.0)])
+    config = PatchConfig(max_epochs=4, probe_asr_target=0.05, probe_over_refusal_limit=0.1)
+    model, result = sft_patch(tiny_model, tokenizer, EXAMPLE, config, probe=probe)
+    assert result.epochs == 4 and result.best_epoch == 3
+    assert torch.equal(model.model.layers[0].self_attn.q_proj.weight, probe.weights[2])
+
+
 def test_probe_targets_follow_the_reference_model():
     reference = ProbeResult(asr=0.0625, over_refusal=0.125, n_harmful=16, n_benign=40)
     config = with_reference_targets(PatchConfig(), reference)

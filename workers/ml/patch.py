@@ -354,9 +354,11 @@ class _BestEpoch:
     """Probe after each epoch, remember the best epoch's weights, decide when to stop.
 
     An epoch's violation is how far it misses the targets: max(0, ASR - target) +
-    max(0, over-refusal - limit). The best epoch has the smallest violation (the earliest on ties:
-    it moved the weights least). Stop once ASR reaches its target: METHOD.md measured that further
-    epochs on one example only add over-refusal.
+    max(0, over-refusal - limit). The best epoch has the smallest violation, the latest on ties:
+    the probe's 48 harmful prompts resolve ASR only in steps of 0.02, and on SmolLM2 the suites
+    kept improving while the probe stood still (same run, probe ASR 0.08 at epochs 7-10: suite ASR
+    0.136 at epoch 7, 0.074 at epoch 10; docs/results.md). Stop once ASR reaches its target:
+    METHOD.md measured that further epochs on one example only add over-refusal.
     """
 
     def __init__(self, config: PatchConfig) -> None:
@@ -385,7 +387,7 @@ class _BestEpoch:
         )
         if not self.config.stop_early:
             return False  # diagnosis mode: a full learning curve, the last epoch's weights
-        if self.best is None or violation < self.best[0]:
+        if self.best is None or violation <= self.best[0]:
             self.best = (violation, epoch)
             # A copy of every weight (540 MB for 135M params in fp32), only when the best changes.
             self.snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
