@@ -103,7 +103,7 @@ def list_models() -> None:
 def align(
     source: str,
     target: Annotated[str, typer.Option("--as", help="name of the aligned model")],
-    epochs: int = 3,
+    epochs: int = 4,  # AlignConfig's defaults (not imported here: the CLI starts without torch)
     learning_rate: float = 1e-4,
     seed: int = 0,
 ) -> None:

@@ -31,7 +31,7 @@ from workers.ml.judges import Judge, get_judge
 
 @dataclass
 class AlignConfig:
-    n_epochs: int = field(default=3, metadata={"help": "passes over the alignment mix"})
+    n_epochs: int = field(default=4, metadata={"help": "passes over the alignment mix"})
     batch_size: int = field(default=8, metadata={"help": "examples per step"})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
     seed: int = field(default=0, metadata={"help": "data order and benign-answer sampling"})

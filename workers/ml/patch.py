@@ -32,6 +32,7 @@ from workers.ml.device import Placement, seeded, select_placement
 from workers.ml.finetune import sft_loss
 from workers.ml.generation import generate_for_prompts
 from workers.ml.judges import Judge
+from workers.ml.preference import preference_loss, preference_pair
 from workers.ml.probe import Probe, ProbeResult
 from workers.ml.safety_gradient import (
     SKIPPED_BY_DEFAULT,
@@ -54,6 +55,11 @@ class PatchConfig:
     learning_rate: float = field(default=2e-5, metadata={"help": "sft: learning rate"})
     optimizer: str = field(default="adamw", metadata={"help": "sft: adamw | sgd"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "sft: gradient clipping"})
+    preference_weight: float = field(
+        default=0.0,
+        metadata={"help": "sft: weight of the DPO term against θ*'s own compliance (0: off)"},
+    )
+    preference_beta: float = field(default=0.1, metadata={"help": "sft: the DPO term's beta"})
     first_sentence_only: bool = field(
         default=False, metadata={"help": "sft: loss on the refusal's first sentence only"}
     )
@@ -68,7 +74,9 @@ class PatchConfig:
     projection_svd: str = field(
         default="lowrank", metadata={"help": "projection: full | lowrank (randomized, ~10x faster)"}
     )
-    cer_k: int = field(default=20, metadata={"help": "k of the reported CER(k)"})
+    cer_k: int = field(
+        default=20, metadata={"help": "k of the reported CER(k); 0: sft skips CER (screening)"}
+    )
     probe_asr_target: float = field(
         default=0.0, metadata={"help": "stop once probe ASR is at or below this"}
     )
@@ -87,6 +95,9 @@ class SafetyExample:
     reply: str
     id: str = ""
     category: str = ""
+    # The fine-tuned model's own compliant reply to ``prompt``: the rejected side of the
+    # preference term (preference.py); empty when it refused or the term is off.
+    rejected: str = ""
 
 
 @dataclass(frozen=True)
@@ -115,6 +126,8 @@ class PatchResult:
             "strategy": self.strategy,
             "example": {"prompt": self.example.prompt, "reply": self.example.reply},
             "example_id": self.example.id,
+            # Only whether the term ran: the compliant text itself is never stored or reported.
+            "preference_pair": bool(self.example.rejected),
             "epochs": self.epochs,
             "best_epoch": self.best_epoch,
             "seconds": self.seconds,
@@ -169,9 +182,15 @@ def sft_patch(
     placement = placement or select_placement()
     started = time.perf_counter()
     model.to(placement.device)  # type: ignore[arg-type]  # transformers' .to() stub
-    cer = _example_cer(model, tokenizer, example, config, placement)
+    cer = _example_cer(model, tokenizer, example, config, placement) if config.cer_k else {}
     encoded = encode_example(tokenizer, example, first_sentence_only=config.first_sentence_only)
     batch = collate([encoded], pad_id(tokenizer)).to(placement.device)  # the whole training set
+    pair = None
+    if config.preference_weight > 0 and example.rejected:
+        pair = preference_pair(
+            model, tokenizer, example.prompt, example.reply, example.rejected,
+            beta=config.preference_beta, placement=placement,
+        )  # fmt: skip
 
     with seeded(config.seed):
         parameters = [p for p in model.parameters() if p.requires_grad]
@@ -182,6 +201,8 @@ def sft_patch(
             with placement.autocast():
                 safety_loss = sft_loss(model, batch)
                 loss = safety_loss
+                if pair is not None:
+                    loss = loss + config.preference_weight * preference_loss(model, pair)
                 for anchor in anchors:
                     loss = loss + anchor.weight * anchor_kl(model, anchor)
             loss.backward()
@@ -240,7 +261,7 @@ def projection_patch(
     model.eval()
     for step in range(1, config.max_epochs + 1):
         gradients = safety_gradient(model, tokenizer, pairs, placement=placement)
-        if step == 1:  # CER is reported at the fine-tuned weights, like the sft strategy's
+        if step == 1 and config.cer_k:  # CER at the fine-tuned weights, like the sft strategy
             cer = cer_summary(gradients, config.cer_k).to_dict()
         loss = _example_loss(model, tokenizer, example, placement)
         with torch.no_grad():
@@ -350,6 +371,32 @@ def aligned_refusal(
     return reply if refused and reply else None
 
 
+def probe_violation(config: PatchConfig, result: ProbeResult) -> float:
+    """How far a probe reading misses the targets: ASR over its target plus over-refusal over its
+    limit (0 when both are met)."""
+    return max(0.0, result.asr - config.probe_asr_target) + max(
+        0.0, result.over_refusal - config.probe_over_refusal_limit
+    )
+
+
+def own_compliance(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    judge: Judge,
+    *,
+    max_new_tokens: int = 48,
+    placement: Placement | None = None,
+) -> str:
+    """``model``'s own greedy reply to ``prompt`` when it complies, else "" (nothing to reject)."""
+    [reply] = generate_for_prompts(
+        model, tokenizer, [prompt], max_new_tokens=max_new_tokens, placement=placement
+    )
+    reply = complete_sentences(reply)
+    [refused] = judge.refused([prompt], [reply])
+    return "" if refused else reply
+
+
 class _BestEpoch:
     """Probe after each epoch, remember the best epoch's weights, decide when to stop.
 
@@ -382,9 +429,7 @@ class _BestEpoch:
         self.history.append(record)
         if on_epoch is not None:
             on_epoch(record)
-        violation = max(0.0, result.asr - self.config.probe_asr_target) + max(
-            0.0, result.over_refusal - self.config.probe_over_refusal_limit
-        )
+        violation = probe_violation(self.config, result)
         if not self.config.stop_early:
             return False  # diagnosis mode: a full learning curve, the last epoch's weights
         if self.best is None or violation <= self.best[0]:
