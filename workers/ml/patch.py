@@ -363,11 +363,9 @@ def aligned_refusal(
     distribution rather than toward a new phrasing (METHOD.md: a wording matching the aligned
     model's converged much faster).
     """
-    [reply] = generate_for_prompts(
-        reference_model, tokenizer, [prompt], max_new_tokens=max_new_tokens, placement=placement
+    reply, refused = judged_reply(
+        reference_model, tokenizer, prompt, judge, max_new_tokens, placement
     )
-    reply = complete_sentences(reply)
-    [refused] = judge.refused([prompt], [reply])
     return reply if refused and reply else None
 
 
@@ -379,22 +377,22 @@ def probe_violation(config: PatchConfig, result: ProbeResult) -> float:
     )
 
 
-def own_compliance(
+def judged_reply(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompt: str,
     judge: Judge,
-    *,
     max_new_tokens: int = 48,
     placement: Placement | None = None,
-) -> str:
-    """``model``'s own greedy reply to ``prompt`` when it complies, else "" (nothing to reject)."""
+) -> tuple[str, bool]:
+    """``model``'s greedy reply (complete sentences only) and whether ``judge`` calls it a
+    refusal."""
     [reply] = generate_for_prompts(
         model, tokenizer, [prompt], max_new_tokens=max_new_tokens, placement=placement
     )
     reply = complete_sentences(reply)
     [refused] = judge.refused([prompt], [reply])
-    return "" if refused else reply
+    return reply, refused
 
 
 class _BestEpoch:

@@ -33,7 +33,7 @@ from workers.ml.patch import (
     aligned_refusal,
     apply_patch,
     first_sentence,
-    own_compliance,
+    judged_reply,
     with_reference_targets,
 )
 from workers.ml.probe import GenerationProbe, sample_probe_prompts, split_by_kind
@@ -203,9 +203,11 @@ def safety_example(
     )
     rejected = ""
     if with_rejected:
-        rejected = own_compliance(
+        # θ*'s own reply, when it complies, is the rejected side of the preference term.
+        compliance, refused = judged_reply(
             finetuned, tokenizer, candidate.prompt, judge, placement=placement
         )
+        rejected = "" if refused else compliance
     return SafetyExample(
         prompt=candidate.prompt,
         reply=reply,
