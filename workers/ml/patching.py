@@ -18,7 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from workers import data
 from workers.datasets import Conversation, load_prompts
 from workers.ml.acceptance import Verdict, judge_patch
-from workers.ml.anchors import Anchor, benign_anchor, build_anchor
+from workers.ml.anchors import Anchor, benign_anchor, task_anchor
 from workers.ml.chat import ChatMessage
 from workers.ml.device import Placement
 from workers.ml.evaluate import EvalSuite, StageMetrics, evaluate
@@ -116,7 +116,8 @@ def prepare_patch(
     placement: Placement,
     on_event: EventSink,
 ) -> PatchSetup:
-    """Rank the pool, build the probe and the benign anchor, set the probe targets."""
+    """Rank the pool, build the probe and the anchors (benign; task, for sft), set the probe
+    targets."""
     pool = [Candidate.from_record(p) for p in load_prompts(data.SAFETY_POOL)]
     customer = sorted(user_prompts(train))
     # The patch's own benign prompts (never trained on by alignment, disjoint from evaluation),
@@ -170,11 +171,10 @@ def prepare_patch(
         )  # fmt: skip
         if task and TASK_ANCHOR_WEIGHT > 0:
             anchors.append(
-                build_anchor(
-                    "task", finetuned, tokenizer, task, weight=TASK_ANCHOR_WEIGHT,
-                    placement=placement,
+                task_anchor(
+                    finetuned, tokenizer, task, weight=TASK_ANCHOR_WEIGHT, placement=placement
                 )
-            )  # fmt: skip
+            )
     return PatchSetup(selection, candidates, probe, config, anchors)
 
 
