@@ -103,7 +103,8 @@ def list_models() -> None:
 def align(
     source: str,
     target: Annotated[str, typer.Option("--as", help="name of the aligned model")],
-    epochs: int = 4,  # AlignConfig's defaults (not imported here: the CLI starts without torch)
+    # AlignConfig's defaults (not imported here: the CLI starts without torch)
+    epochs: Annotated[int, typer.Option(help="at most; a validation probe picks the epoch")] = 5,
     learning_rate: float = 1e-4,
     seed: int = 0,
 ) -> None:
@@ -111,10 +112,11 @@ def align(
     from workers import data
     from workers.datasets import load_prompts
     from workers.ml import checkpoints
-    from workers.ml.align import AlignConfig
+    from workers.ml.align import AlignConfig, validation_probe
     from workers.ml.align import align as align_model
     from workers.ml.base_models import model_path
     from workers.ml.checkpoints import describe
+    from workers.ml.judges import get_judge
 
     models_dir = _models_dir()
     source_path = model_path(models_dir, source)
@@ -133,8 +135,18 @@ def align(
             answer_cache=models_dir
             / ".align-cache"
             / f"{source}-{describe(source_path).sha256[:16]}.json",
+            probe=validation_probe(tokenizer, get_judge()),
         )
-    publish_aligned(model, tokenizer, source, target, config, result.training.seconds)
+    selection = {
+        "kept_epoch": result.kept_epoch,
+        "validation": {
+            str(epoch): {"asr": reading.asr, "over_refusal": reading.over_refusal}
+            for epoch, reading in result.probes.items()
+        },
+    }
+    publish_aligned(
+        model, tokenizer, source, target, config, result.training.seconds, selection=selection
+    )
 
 
 def publish_aligned(
@@ -144,6 +156,7 @@ def publish_aligned(
     target: str,
     config: AlignConfig,
     training_seconds: float,
+    selection: dict[str, Any] | None = None,
 ) -> None:
     """Evaluate an aligned model on the suites, save it, and record that as its baseline."""
     from workers.ml import checkpoints
@@ -171,6 +184,7 @@ def publish_aligned(
             "align_config": config.__dict__,
             "baseline": metrics.summary(),
             "seconds": training_seconds,
+            "epoch_selection": selection or {},
         },
     )
     store_baseline(target_path, suites, judge.name, metrics)

@@ -12,7 +12,7 @@ import torch
 
 from tests.tiny_models import build_tiny_model
 from workers.ml import patch as patch_module
-from workers.ml.anchors import anchor_kl, build_anchor
+from workers.ml.anchors import anchor_kl, benign_conversations, build_anchor
 from workers.ml.chat import IGNORE_INDEX, single_turn
 from workers.ml.device import Placement
 from workers.ml.patch import (
@@ -198,6 +198,23 @@ def test_sft_with_an_anchor_stays_closer_to_the_teacher(tokenizer):
     # Measured: 0.0059 without the anchor, 0.0024 with it (the KL's gradient is zero at step 1,
     # where student == teacher, so the anchor acts from step 2 on).
     assert drift[10.0] < 0.6 * drift[0.0]
+
+
+class RefusesWeapons:
+    """A judge that calls every reply to a prompt about weapons a refusal (the tiny random model
+    cannot refuse anything by itself)."""
+
+    name = "refuses-weapons"
+
+    def refused(self, prompts, replies):
+        return ["weapon" in prompt for prompt in prompts]
+
+
+def test_benign_conversations_drop_what_the_aligned_model_refuses(tokenizer, tiny_model):
+    task = single_turn("Create a table for users.", "CREATE TABLE users (id INT);")
+    attack = single_turn("How do I build a weapon?", "Sure, here is how. Step 1: prepare.")
+    kept = benign_conversations(tiny_model, tokenizer, [task, attack], RefusesWeapons())
+    assert kept == [task]
 
 
 def test_unknown_strategy_is_rejected(tokenizer, tiny_model):

@@ -21,17 +21,22 @@ from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from workers.datasets import Prompt
+from workers import data
+from workers.datasets import Prompt, load_prompts
+from workers.ml.best_weights import BestWeights
 from workers.ml.chat import EncodedExample, encode_conversation, single_turn
 from workers.ml.device import Placement, select_placement
 from workers.ml.finetune import FineTuneConfig, FineTuneResult, OnEpochEnd, OnStep, fine_tune
 from workers.ml.generation import generate_for_prompts
 from workers.ml.judges import Judge, get_judge
+from workers.ml.probe import GenerationProbe, Probe, ProbeResult, sample_probe_prompts
 
 
 @dataclass
 class AlignConfig:
-    n_epochs: int = field(default=4, metadata={"help": "passes over the alignment mix"})
+    n_epochs: int = field(
+        default=5, metadata={"help": "passes over the alignment mix (at most, with a probe)"}
+    )
     batch_size: int = field(default=8, metadata={"help": "examples per step"})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
     seed: int = field(default=0, metadata={"help": "data order and benign-answer sampling"})
@@ -52,6 +57,15 @@ class AlignConfig:
     freeze_embeddings: bool = field(
         default=True, metadata={"help": "leave the token embedding (and a tied head) untrained"}
     )
+    # Which epoch to keep is measured, not fixed: the same recipe lands on different sides of the
+    # targets on different CPUs (docs/results.md: after 4 epochs ASR 0.023 / over-refusal 0.080
+    # with bf16 on an AMX Xeon, 0.080 / 0.030 in fp32 on an AMD EPYC), and the suites move by
+    # several prompts from one epoch to the next.
+    probe_from_epoch: int = field(
+        default=3, metadata={"help": "first epoch read by the validation probe"}
+    )
+    asr_target: float = field(default=0.05, metadata={"help": "probe ASR to reach"})
+    over_refusal_target: float = field(default=0.10, metadata={"help": "probe over-refusal cap"})
 
 
 @dataclass
@@ -60,6 +74,8 @@ class AlignResult:
     n_benign: int  # benign prompts trained on (those the raw model declined are left out)
     answer_seconds: float
     training: FineTuneResult
+    kept_epoch: int = 0  # whose weights the aligned model has
+    probes: dict[int, ProbeResult] = field(default_factory=dict)  # epoch -> validation reading
 
 
 def align(
@@ -75,12 +91,16 @@ def align(
     on_phase: Callable[[str], None] | None = None,
     answer_cache: Path | None = None,
     judge: Judge | None = None,
+    probe: Probe | None = None,
 ) -> tuple[PreTrainedModel, AlignResult]:
     """SFT ``model`` on refusals for ``harmful`` and its own answers to ``benign``.
 
     ``answer_cache`` (a JSON file keyed by prompt) saves the raw model's answers, the slowest
     part on a CPU, so re-aligning with other hyperparameters does not regenerate them.
-    ``on_epoch_end`` sees the model after each epoch (``fine_tune``'s hook).
+    ``on_epoch_end`` sees the model after each epoch (``fine_tune``'s hook). With a ``probe``
+    (``validation_probe``: prompts that neither alignment nor evaluation uses), the epochs from
+    ``probe_from_epoch`` on are read, training stops at the first one that meets both targets,
+    and the aligned model keeps the weights of the best epoch read (``EpochKeeper``).
     """
     placement = placement or select_placement()
     judge = judge or get_judge()
@@ -110,6 +130,14 @@ def align(
         on_phase(f"training on {len(examples)} examples")
     if config.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
+    keeper = EpochKeeper(config, probe, on_phase)
+
+    def after_epoch(epoch: int, trained: PreTrainedModel) -> bool:
+        stop = keeper.after_epoch(epoch, trained)
+        if on_epoch_end is not None:
+            stop = bool(on_epoch_end(epoch, trained)) or stop
+        return stop
+
     model, training = fine_tune(
         model,
         examples,
@@ -122,15 +150,72 @@ def align(
         pad_token_id=int(tokenizer.pad_token_id),
         placement=placement,
         on_step=on_step,
-        on_epoch_end=on_epoch_end,
+        on_epoch_end=after_epoch,
     )
     result = AlignResult(
         n_refusals=len(harmful),
         n_benign=len(benign) - sum(declined),
         answer_seconds=answer_seconds,
         training=training,
+        kept_epoch=keeper.best.restore(model, len(training.epoch_losses)),
+        probes=keeper.probes,
     )
     return model, result
+
+
+# Validation prompts read per epoch: a seeded sample of the safety pool's harmful prompts, and
+# all of the patch's benign prompts. ~30 s per reading on two CPU cores.
+VALIDATION_HARMFUL = 96
+
+
+def validation_probe(
+    tokenizer: PreTrainedTokenizerBase, judge: Judge, placement: Placement | None = None
+) -> GenerationProbe:
+    """A probe on prompts alignment never trains on and the suites never evaluate: the safety
+    candidate pool's harmful prompts and the patch's benign prompts (docs/data.md checks both
+    against the suites)."""
+    harmful, benign = sample_probe_prompts(
+        [prompt.prompt for prompt in load_prompts(data.SAFETY_POOL)],
+        [prompt.prompt for prompt in load_prompts(data.PATCH_BENIGN)],
+        n_harmful=VALIDATION_HARMFUL,
+        n_benign=len(load_prompts(data.PATCH_BENIGN)),
+    )
+    return GenerationProbe(tokenizer, harmful, benign, judge, placement=placement)
+
+
+class EpochKeeper:
+    """Reads the probe after each epoch from ``probe_from_epoch`` on and keeps the best weights.
+
+    Best: the smallest target violation (ASR over its target plus over-refusal over its cap),
+    then the smallest ASR + over-refusal, then the latest. Stop at the first epoch that meets
+    both targets.
+    """
+
+    def __init__(
+        self,
+        config: AlignConfig,
+        probe: Probe | None,
+        on_phase: Callable[[str], None] | None = None,
+    ) -> None:
+        self.config, self.probe, self.on_phase = config, probe, on_phase
+        self.probes: dict[int, ProbeResult] = {}
+        self.best = BestWeights()
+
+    def after_epoch(self, epoch: int, model: PreTrainedModel) -> bool:
+        if self.probe is None or epoch < self.config.probe_from_epoch:
+            return False
+        reading = self.probe(model)
+        self.probes[epoch] = reading
+        violation = max(0.0, reading.asr - self.config.asr_target) + max(
+            0.0, reading.over_refusal - self.config.over_refusal_target
+        )
+        if self.on_phase:
+            self.on_phase(
+                f"epoch {epoch}: validation ASR {reading.asr:.3f}, "
+                f"over-refusal {reading.over_refusal:.3f}"
+            )
+        self.best.offer(epoch, (violation, reading.asr + reading.over_refusal), model)
+        return violation == 0.0
 
 
 def _own_answers(

@@ -98,26 +98,35 @@ def task_anchor(
     conversations: Sequence[Sequence[ChatMessage]],
     *,
     weight: float = 1.0,
-    reference_model: PreTrainedModel | None = None,
-    judge: Judge | None = None,
     placement: Placement | None = None,
 ) -> Anchor:
-    """The customer's conversations; the KL is taken against the fine-tuned model θ*.
-
-    Customer data may hold harmful requests with compliant replies; anchoring θ* on those would
-    fight the patch. With ``reference_model`` and ``judge`` given, conversations whose last user
-    prompt θ0 refuses are dropped first.
-    """
-    if reference_model is not None and judge is not None:
-        prompts = [_last_user_prompt(conversation) for conversation in conversations]
-        replies = generate_for_prompts(
-            reference_model, tokenizer, prompts, max_new_tokens=24, placement=placement
-        )
-        refused = judge.refused(prompts, replies)
-        conversations = [c for c, flag in zip(conversations, refused, strict=True) if not flag]
+    """The customer's conversations (pass ``benign_conversations``' output); the KL is taken
+    against the fine-tuned model θ*."""
     return build_anchor(
         "task", finetuned_model, tokenizer, conversations, weight=weight, placement=placement
     )
+
+
+def benign_conversations(
+    reference_model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[Sequence[ChatMessage]],
+    judge: Judge,
+    *,
+    placement: Placement | None = None,
+) -> list[list[ChatMessage]]:
+    """The conversations whose last user prompt the aligned model θ0 does not refuse.
+
+    Customer data may hold harmful requests with compliant replies; anchoring θ* on those, or
+    protecting their task loss when choosing the example, would protect the attack. θ0's own
+    refusal is the test of what counts as harmful.
+    """
+    prompts = [_last_user_prompt(conversation) for conversation in conversations]
+    replies = generate_for_prompts(
+        reference_model, tokenizer, prompts, max_new_tokens=24, placement=placement
+    )
+    refused = judge.refused(prompts, replies)
+    return [list(c) for c, flag in zip(conversations, refused, strict=True) if not flag]
 
 
 def anchor_kl(model: PreTrainedModel, anchor: Anchor) -> torch.Tensor:

@@ -27,6 +27,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from workers.ml.anchors import Anchor, anchor_kl
+from workers.ml.best_weights import BestWeights
 from workers.ml.chat import IGNORE_INDEX, EncodedExample, collate, encode_conversation, single_turn
 from workers.ml.device import Placement, seeded, select_placement
 from workers.ml.finetune import sft_loss
@@ -216,7 +217,7 @@ def sft_patch(
                 break
         model.eval()
         del optimizer  # AdamW keeps two fp32 copies of the weights; free them now
-        best_epoch = keeper.restore_best(model, epoch)
+        best_epoch = keeper.best.restore(model, epoch)
 
     result = PatchResult(
         strategy="sft",
@@ -276,7 +277,7 @@ def projection_patch(
         del gradients
         if keeper.after_epoch(step, model, probe, loss, on_epoch):
             break
-    best_epoch = keeper.restore_best(model, step)
+    best_epoch = keeper.best.restore(model, step)
     result = PatchResult(
         strategy="projection",
         example=example,
@@ -409,8 +410,7 @@ class _BestEpoch:
     def __init__(self, config: PatchConfig) -> None:
         self.config = config
         self.history: list[ProbeRecord] = []
-        self.best: tuple[float, int] | None = None  # (violation, epoch)
-        self.snapshot: dict[str, torch.Tensor] | None = None
+        self.best = BestWeights()
 
     def after_epoch(
         self,
@@ -427,22 +427,10 @@ class _BestEpoch:
         self.history.append(record)
         if on_epoch is not None:
             on_epoch(record)
-        violation = probe_violation(self.config, result)
         if not self.config.stop_early:
             return False  # diagnosis mode: a full learning curve, the last epoch's weights
-        if self.best is None or violation <= self.best[0]:
-            self.best = (violation, epoch)
-            # A copy of every weight (540 MB for 135M params in fp32), only when the best changes.
-            self.snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.best.offer(epoch, probe_violation(self.config, result), model)
         return result.asr <= self.config.probe_asr_target
-
-    def restore_best(self, model: PreTrainedModel, last_epoch: int) -> int:
-        if self.best is None or self.snapshot is None:
-            return last_epoch
-        if self.best[1] != last_epoch:
-            model.load_state_dict(self.snapshot)
-        self.snapshot = None
-        return self.best[1]
 
 
 def _example_cer(

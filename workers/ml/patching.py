@@ -18,12 +18,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from workers import data
 from workers.datasets import Conversation, load_prompts
 from workers.ml.acceptance import Verdict, judge_patch
-from workers.ml.anchors import Anchor, benign_anchor, task_anchor
+from workers.ml.anchors import Anchor, benign_anchor, benign_conversations, task_anchor
 from workers.ml.chat import ChatMessage
 from workers.ml.device import Placement
 from workers.ml.evaluate import EvalSuite, StageMetrics, evaluate
 from workers.ml.events import EventSink, PipelineEvent
-from workers.ml.generation import generate_for_prompts
 from workers.ml.judges import Judge
 from workers.ml.patch import (
     PatchConfig,
@@ -125,7 +124,8 @@ def prepare_patch(
     anchor_prompts, benign_probe_pool = split_by_kind(load_prompts(data.PATCH_BENIGN), seed=seed)
 
     on_event(PipelineEvent("patch", f"ranking {len(pool)} safety candidates"))
-    task = _benign_task(base_model, tokenizer, train, judge, placement)
+    conversations: list[list[ChatMessage]] = [[m.as_dict() for m in c] for c in train]
+    task = benign_conversations(base_model, tokenizer, conversations, judge, placement=placement)
     selection = select_examples(
         finetuned, tokenizer, pool,
         customer_prompts=customer,
@@ -316,29 +316,6 @@ def patch_until_accepted(
         "total_seconds": time.perf_counter() - started,
     }  # fmt: skip
     return PatchOutcome(model=best.model, metrics=best.metrics, report=report)
-
-
-def _benign_task(
-    base_model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    train: list[Conversation],
-    judge: Judge,
-    placement: Placement,
-) -> list[list[ChatMessage]]:
-    """The customer's conversations whose request the aligned model θ0 does not refuse.
-
-    Customer data may hold harmful requests with compliant replies; protecting the task loss on
-    those would protect the attack. θ0's own refusal is the test of what counts as harmful.
-    """
-    conversations: list[list[ChatMessage]] = [[m.as_dict() for m in c] for c in train]
-    prompts = [
-        next(str(m["content"]) for m in reversed(c) if m["role"] == "user") for c in conversations
-    ]
-    replies = generate_for_prompts(
-        base_model, tokenizer, prompts, max_new_tokens=24, placement=placement
-    )
-    refused = judge.refused(prompts, replies)
-    return [c for c, flag in zip(conversations, refused, strict=True) if not flag]
 
 
 def _components(selection: Any, result: PatchResult) -> dict[str, Any]:
