@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 #   benign 1.0:           ASR 0.045, over-refusal 0.120, utility 0.920 (kept epoch 10)
 #   benign 1.0, task 1.0: ASR 0.045, over-refusal 0.130, utility 0.960 (kept epoch 10)
 # The last is within one or two prompts of every limit, and misses ASR (0.043) and utility (0.97).
+# On the model the epoch-selecting `models align` keeps (base 0.028 / 0.090; attacked utility
+# 0.960) the same defaults are accepted: ASR 0.028, over-refusal 0.120, utility 0.960 (§4).
 BENIGN_ANCHOR_WEIGHT = 1.0
 TASK_ANCHOR_WEIGHT = 1.0
 # The paper's 2e-5 is for 7B models; on SmolLM2-135M it moved probe ASR only from 1.00 to 0.81 in
