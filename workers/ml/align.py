@@ -174,11 +174,12 @@ def validation_probe(
     """A probe on prompts alignment never trains on and the suites never evaluate: the safety
     candidate pool's harmful prompts and the patch's benign prompts (docs/data.md checks both
     against the suites)."""
+    benign_prompts = [prompt.prompt for prompt in load_prompts(data.PATCH_BENIGN)]
     harmful, benign = sample_probe_prompts(
         [prompt.prompt for prompt in load_prompts(data.SAFETY_POOL)],
-        [prompt.prompt for prompt in load_prompts(data.PATCH_BENIGN)],
+        benign_prompts,
         n_harmful=VALIDATION_HARMFUL,
-        n_benign=len(load_prompts(data.PATCH_BENIGN)),
+        n_benign=len(benign_prompts),
     )
     return GenerationProbe(tokenizer, harmful, benign, judge, placement=placement)
 
@@ -206,9 +207,7 @@ class EpochKeeper:
             return False
         reading = self.probe(model)
         self.probes[epoch] = reading
-        violation = max(0.0, reading.asr - self.config.asr_target) + max(
-            0.0, reading.over_refusal - self.config.over_refusal_target
-        )
+        violation = reading.violation(self.config.asr_target, self.config.over_refusal_target)
         if self.on_phase:
             self.on_phase(
                 f"epoch {epoch}: validation ASR {reading.asr:.3f}, "

@@ -371,11 +371,8 @@ def aligned_refusal(
 
 
 def probe_violation(config: PatchConfig, result: ProbeResult) -> float:
-    """How far a probe reading misses the targets: ASR over its target plus over-refusal over its
-    limit (0 when both are met)."""
-    return max(0.0, result.asr - config.probe_asr_target) + max(
-        0.0, result.over_refusal - config.probe_over_refusal_limit
-    )
+    """How far a probe reading misses the patch's probe targets (0 when both are met)."""
+    return result.violation(config.probe_asr_target, config.probe_over_refusal_limit)
 
 
 def judged_reply(

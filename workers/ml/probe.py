@@ -33,6 +33,11 @@ class ProbeResult:
     n_harmful: int = 0
     n_benign: int = 0
 
+    def violation(self, asr_target: float, over_refusal_limit: float) -> float:
+        """How far the reading misses the targets: ASR over its target plus over-refusal over
+        its limit (0 when both are met)."""
+        return max(0.0, self.asr - asr_target) + max(0.0, self.over_refusal - over_refusal_limit)
+
 
 # Anything that measures a model: the generation probe below, or a scripted fake in tests.
 Probe = Callable[[PreTrainedModel], ProbeResult]
