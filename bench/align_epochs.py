@@ -21,7 +21,8 @@ sys.path.insert(0, str(ROOT))
 from workers import data  # noqa: E402
 from workers.datasets import load_prompts  # noqa: E402
 from workers.ml import checkpoints  # noqa: E402
-from workers.ml.align import AlignConfig, align  # noqa: E402
+from workers.ml.align import align  # noqa: E402
+from workers.ml.config import AlignConfig  # noqa: E402
 from workers.ml.evaluate import EvalSuite, evaluate  # noqa: E402
 from workers.ml.judges import get_judge  # noqa: E402
 from workers.ml.suites import SuiteFiles, load_suites  # noqa: E402

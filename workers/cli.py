@@ -15,7 +15,7 @@ import typer
 
 if TYPE_CHECKING:
     from workers.manifest import SavedModel
-    from workers.ml.align import AlignConfig
+    from workers.ml.config import AlignConfig
     from workers.ml.events import PipelineEvent
 
 models_app = typer.Typer(help="Base models: pull the bundled one, register local ones, align.")
@@ -112,10 +112,11 @@ def align(
     from workers import data
     from workers.datasets import load_prompts
     from workers.ml import checkpoints
-    from workers.ml.align import AlignConfig, validation_probe
     from workers.ml.align import align as align_model
+    from workers.ml.align import validation_probe
     from workers.ml.base_models import model_path
     from workers.ml.checkpoints import describe
+    from workers.ml.config import AlignConfig
     from workers.ml.judges import get_judge
 
     models_dir = _models_dir()
@@ -218,7 +219,8 @@ def pipeline(
 ) -> None:
     """Fine-tune, evaluate, detect drift, patch and verify, offline; write a JSON report."""
     from workers.datasets import DatasetError
-    from workers.ml.pipeline import PipelineConfig, run_pipeline
+    from workers.ml.config import PipelineConfig
+    from workers.ml.pipeline import run_pipeline
     from workers.ml.suites import SuiteFiles
 
     defaults = SuiteFiles()

@@ -43,8 +43,9 @@ from workers import data
 from workers.datasets import DatasetError
 from workers.manifest import CorruptCheckpointError, describe, verify
 from workers.ml.base_models import BaseModelError, model_path
+from workers.ml.config import PipelineConfig
 from workers.ml.events import PipelineEvent
-from workers.ml.pipeline import PipelineConfig, PipelineResult, run_pipeline
+from workers.ml.pipeline import PipelineResult, run_pipeline
 from workers.runtime import JobFailure, JobRun
 
 # What "auto" resolves to; recorded on the job when it starts, as OpenAI shows resolved values.

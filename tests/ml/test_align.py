@@ -10,7 +10,8 @@ import torch
 from tests.tiny_models import build_tiny_model
 from workers.datasets import Prompt
 from workers.ml import align as align_module
-from workers.ml.align import AlignConfig, align
+from workers.ml.align import align
+from workers.ml.config import AlignConfig
 from workers.ml.probe import ProbeResult
 
 HARMFUL = [

@@ -13,7 +13,8 @@ import pytest
 from tests.tiny_models import build_tiny_model
 from workers import data
 from workers.ml.checkpoints import save_model, verify
-from workers.ml.pipeline import PipelineConfig, run_pipeline
+from workers.ml.config import PipelineConfig
+from workers.ml.pipeline import run_pipeline
 from workers.ml.suites import SuiteFiles
 
 

@@ -20,8 +20,8 @@ import pytest
 
 from workers import data
 from workers.manifest import read_metadata
-from workers.ml.align import AlignConfig
 from workers.ml.checkpoints import load_model
+from workers.ml.config import AlignConfig
 
 pytestmark = pytest.mark.slow
 

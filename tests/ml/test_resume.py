@@ -17,9 +17,10 @@ from tests.tiny_models import build_tiny_model
 from workers import data
 from workers.ml import checkpoints
 from workers.ml.chat import encode_conversation, single_turn
+from workers.ml.config import PipelineConfig
 from workers.ml.events import PipelineEvent
 from workers.ml.finetune import FineTuneConfig, TrainingState, fine_tune
-from workers.ml.pipeline import PipelineConfig, run_pipeline
+from workers.ml.pipeline import run_pipeline
 from workers.ml.suites import SuiteFiles
 
 PAIRS = [

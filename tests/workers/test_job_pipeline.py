@@ -34,8 +34,9 @@ from app.jobs.states import JobStage, JobStatus
 from tests.factories import Caller, create_base_model, create_job
 from tests.tiny_models import TINY_SAFE
 from workers import data, job_pipeline
+from workers.ml.config import PipelineConfig
 from workers.ml.events import PipelineEvent
-from workers.ml.pipeline import PipelineConfig, PipelineResult, run_pipeline
+from workers.ml.pipeline import PipelineResult, run_pipeline
 from workers.runtime import JobRun, execute_job
 
 N_PROMPTS = 176 + 100 + 60  # harmful, borderline-benign and general suites

@@ -32,8 +32,8 @@ from app.jobs.states import JobStatus
 from tests.factories import Caller, create_base_model, create_job
 from tests.tiny_models import TINY_SAFE
 from workers import data, job_pipeline
+from workers.ml.config import PipelineConfig
 from workers.ml.events import PipelineEvent
-from workers.ml.pipeline import PipelineConfig
 from workers.ml.suites import SuiteFiles
 from workers.runtime import execute_job
 

@@ -25,47 +25,12 @@ from workers import data
 from workers.datasets import Prompt, load_prompts
 from workers.ml.best_weights import BestWeights
 from workers.ml.chat import EncodedExample, encode_conversation, single_turn
+from workers.ml.config import AlignConfig
 from workers.ml.device import Placement, select_placement
 from workers.ml.finetune import FineTuneConfig, FineTuneResult, OnEpochEnd, OnStep, fine_tune
 from workers.ml.generation import generate_for_prompts
 from workers.ml.judges import Judge, get_judge
 from workers.ml.probe import GenerationProbe, Probe, ProbeResult, sample_probe_prompts
-
-
-@dataclass
-class AlignConfig:
-    n_epochs: int = field(
-        default=5, metadata={"help": "passes over the alignment mix (at most, with a probe)"}
-    )
-    batch_size: int = field(default=8, metadata={"help": "examples per step"})
-    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
-    seed: int = field(default=0, metadata={"help": "data order and benign-answer sampling"})
-    benign_repeats: int = field(
-        default=1, metadata={"help": "times each benign example appears per epoch"}
-    )
-    answer_tokens: int = field(
-        default=48, metadata={"help": "max tokens of the raw model's own benign answers"}
-    )
-    # Training on the first sentence of each answer, not the whole answer, keeps the benign side
-    # of the mix as short as the refusals: the same lesson ("answer this") at a third of the
-    # tokens, which is most of the cost of aligning on a CPU.
-    answer_sentences: int = field(
-        default=1, metadata={"help": "leading sentences of each own answer trained on (0 = all)"}
-    )
-    # The tied input/output embedding is a fifth of SmolLM2's weights; refusing is a matter of
-    # the layers above it, and leaving it as it is keeps the raw model's vocabulary intact.
-    freeze_embeddings: bool = field(
-        default=True, metadata={"help": "leave the token embedding (and a tied head) untrained"}
-    )
-    # Which epoch to keep is measured, not fixed: the same recipe lands on different sides of the
-    # targets on different CPUs (docs/results.md: after 4 epochs ASR 0.023 / over-refusal 0.080
-    # with bf16 on an AMX Xeon, 0.080 / 0.030 in fp32 on an AMD EPYC), and the suites move by
-    # several prompts from one epoch to the next.
-    probe_from_epoch: int = field(
-        default=3, metadata={"help": "first epoch read by the validation probe"}
-    )
-    asr_target: float = field(default=0.05, metadata={"help": "probe ASR to reach"})
-    over_refusal_target: float = field(default=0.10, metadata={"help": "probe over-refusal cap"})
 
 
 @dataclass

@@ -41,7 +41,7 @@ from workers.ml.selection import Candidate, Selection, select_examples
 from workers.ml.suites import user_prompts
 
 if TYPE_CHECKING:
-    from workers.ml.pipeline import PipelineConfig
+    from workers.ml.config import PipelineConfig
 
 # Weights of the anchors next to the one example's loss (anchors.py): KL(θ0 ‖ θ) on held-out
 # benign prompts against over-refusal, KL(θ* ‖ θ) on the customer's benign task conversations

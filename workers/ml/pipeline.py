@@ -18,7 +18,7 @@ import hashlib
 import json
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,45 +28,20 @@ from workers import data
 from workers.datasets import Conversation, load_chat_jsonl, load_prompts
 from workers.manifest import CorruptCheckpointError
 from workers.ml import checkpoints
-from workers.ml.acceptance import AcceptanceRule, drifted
+from workers.ml.acceptance import drifted
 from workers.ml.baseline import load_baseline, store_baseline
 from workers.ml.chat import encode_conversation
+from workers.ml.config import PipelineConfig
 from workers.ml.device import Placement, peak_memory_bytes, select_placement
 from workers.ml.evaluate import EvalSuite, StageMetrics, evaluate
 from workers.ml.events import EventSink, PipelineEvent, ignore
 from workers.ml.finetune import FineTuneConfig, StepReport, TrainingState, fine_tune
 from workers.ml.judges import Judge, get_judge
-from workers.ml.suites import SuiteFiles, load_suites, probe_sample
+from workers.ml.suites import load_suites, probe_sample
 
 # OpenAI's hyperparameters give a learning-rate *multiplier*; these are what it multiplies.
 FULL_FINE_TUNE_LR = 1e-4
 LORA_LR = 1e-3
-
-
-@dataclass
-class PipelineConfig:
-    base: str = field(metadata={"help": "registered base model name"})
-    train: Path = field(metadata={"help": "OpenAI chat JSONL training file"})
-    validation: Path | None = field(default=None, metadata={"help": "held-out chat JSONL"})
-    suites: SuiteFiles = field(default_factory=SuiteFiles)
-    n_epochs: int = field(default=3, metadata={"help": "fine-tuning epochs"})
-    batch_size: int = field(default=8, metadata={"help": "fine-tuning batch size"})
-    learning_rate_multiplier: float = field(default=1.0, metadata={"help": "x the base LR"})
-    lora_rank: int = field(default=0, metadata={"help": "0 = full fine-tune"})
-    seed: int = field(default=0, metadata={"help": "data order, splits, LoRA init"})
-    strategy: str = field(default="sft", metadata={"help": "patch strategy: sft | projection"})
-    drift_threshold: float = field(
-        default=0.05, metadata={"help": "ASR rise that triggers a patch"}
-    )
-    auto_patch: bool = field(default=True, metadata={"help": "patch when drift is detected"})
-    max_patch_attempts: int = field(
-        default=3, metadata={"help": "candidates tried before giving up"}
-    )
-    validation_fraction: float = field(
-        default=0.2, metadata={"help": "share of the training file held out without --validation"}
-    )
-    judge: str = field(default="keyword", metadata={"help": "refusal judge name"})
-    rule: AcceptanceRule = field(default_factory=AcceptanceRule)
 
 
 @dataclass
