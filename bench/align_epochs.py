@@ -18,8 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from contracts.prompts import load_prompts  # noqa: E402
 from workers import data  # noqa: E402
-from workers.datasets import load_prompts  # noqa: E402
 from workers.ml import checkpoints  # noqa: E402
 from workers.ml.align import align  # noqa: E402
 from workers.ml.config import AlignConfig  # noqa: E402

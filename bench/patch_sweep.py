@@ -36,8 +36,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from contracts.chat import load_chat_jsonl  # noqa: E402
+from contracts.prompts import load_prompts  # noqa: E402
 from workers import data  # noqa: E402
-from workers.datasets import load_chat_jsonl, load_prompts  # noqa: E402
 from workers.ml.acceptance import judge_patch  # noqa: E402
 from workers.ml.checkpoints import load_model  # noqa: E402
 from workers.ml.device import select_placement  # noqa: E402

@@ -26,7 +26,7 @@ from app.db.models import (
 from app.jobs import service as job_service
 from app.jobs.schemas import JobCreate
 from app.models import repository as models_repository
-from workers.manifest import MANIFEST, describe
+from contracts.manifest import MANIFEST, describe
 
 BASE_MODEL = "smollm2-135m-instruct"
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
+from contracts.manifest import SavedModel
+from contracts.prompts import load_prompts
 from workers import data
-from workers.datasets import load_prompts
-from workers.manifest import SavedModel
 from workers.ml.chat import encode_conversation
 from workers.ml.checkpoints import save_model
 from workers.ml.device import select_placement

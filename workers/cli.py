@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 if TYPE_CHECKING:
-    from workers.manifest import SavedModel
+    from contracts.manifest import SavedModel
     from workers.ml.config import AlignConfig
     from workers.ml.events import PipelineEvent
 
@@ -109,8 +109,8 @@ def align(
     seed: int = 0,
 ) -> None:
     """Build a safety-aligned reference model from a raw chat model and record its baseline."""
+    from contracts.prompts import load_prompts
     from workers import data
-    from workers.datasets import load_prompts
     from workers.ml import checkpoints
     from workers.ml.align import align as align_model
     from workers.ml.align import validation_probe
@@ -218,7 +218,7 @@ def pipeline(
     work_dir: Annotated[Path | None, typer.Option(help="models and records")] = None,
 ) -> None:
     """Fine-tune, evaluate, detect drift, patch and verify, offline; write a JSON report."""
-    from workers.datasets import DatasetError
+    from contracts.jsonl import DatasetError
     from workers.ml.config import PipelineConfig
     from workers.ml.pipeline import run_pipeline
     from workers.ml.suites import SuiteFiles

@@ -39,9 +39,9 @@ from app.jobs import repository as jobs_repository
 from app.jobs import service as jobs
 from app.jobs.states import JobStage, JobStatus, is_allowed
 from app.models import repository as models_repository
+from contracts.jsonl import DatasetError
+from contracts.manifest import CorruptCheckpointError, describe, verify
 from workers import data
-from workers.datasets import DatasetError
-from workers.manifest import CorruptCheckpointError, describe, verify
 from workers.ml.base_models import BaseModelError, model_path
 from workers.ml.config import PipelineConfig
 from workers.ml.events import PipelineEvent

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contracts.chat import DEFAULT_MAX_EXAMPLE_TOKENS, DEFAULT_MAX_EXAMPLES, DEFAULT_MAX_LINE_BYTES
+
 # Passwords that ship in docker-compose.yml and in examples; production must not run with them.
 DEFAULT_PASSWORDS = frozenset({"postgres", "safepatch", "password", "changeme"})
 
@@ -61,18 +63,23 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         1024 * 1024, ge=1, description="Largest body of any other request (else 413)."
     )
-    upload_max_examples: int = Field(100_000, ge=1, description="Examples per uploaded file.")
+    # The upload limits' defaults are the chat contract's (contracts.chat.DEFAULT_MAX_*).
+    upload_max_examples: int = Field(
+        DEFAULT_MAX_EXAMPLES, ge=1, description="Examples per uploaded file."
+    )
     upload_min_examples: int = Field(
         10, ge=1, description="Fewest examples per uploaded file (OpenAI's minimum)."
     )
     upload_max_line_bytes: int = Field(
-        1_000_000, ge=1, description="Bytes per line (one example) of an uploaded file."
+        DEFAULT_MAX_LINE_BYTES,
+        ge=1,
+        description="Bytes per line (one example) of an uploaded file.",
     )
     upload_max_example_tokens: int = Field(
-        32_768,
+        DEFAULT_MAX_EXAMPLE_TOKENS,
         ge=1,
         description="Tokens per example, bounded from above by UTF-8 bytes plus a template "
-        "allowance (workers.datasets.example_token_bound).",
+        "allowance (contracts.chat.example_token_bound).",
     )
     # Per-tenant limits (docs/reliability.md#rate-limits-and-quotas).
     rate_limit_requests: int = Field(

@@ -19,7 +19,8 @@ from app.core.errors import InvalidRequest, NotFound, PayloadTooLarge
 from app.core.settings import Settings
 from app.db.models import File, FileStatus
 from app.files import repository
-from workers.datasets import DatasetError, validate_chat_bytes
+from contracts.chat import validate_chat_bytes
+from contracts.jsonl import DatasetError
 
 PURPOSES = ("fine-tune",)
 # The multipart envelope around the file: boundaries, part headers and the purpose field.

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from app.db.models import BaseModelRecord, ModelVersion
 from app.jobs.schemas import unix
-from workers.manifest import ManifestEntry
+from contracts.manifest import ManifestEntry
 
 PROVIDER = "safepatch"
 

@@ -18,7 +18,7 @@ from app.auth.service import AuthContext
 from app.core.errors import AppError, NotFound, PermissionDenied
 from app.db.models import BaseModelRecord, ModelStatus, ModelVersion
 from app.models import repository
-from workers.manifest import MANIFEST, CorruptCheckpointError, ManifestEntry, entries, verify_file
+from contracts.manifest import MANIFEST, CorruptCheckpointError, ManifestEntry, entries, verify_file
 
 AnyModel = BaseModelRecord | ModelVersion
 

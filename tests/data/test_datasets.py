@@ -1,4 +1,4 @@
-"""workers.datasets: prompt files, chat fine-tuning uploads, and the errors customers will see."""
+"""contracts (chat, prompts, jsonl, text): prompt files, chat fine-tuning uploads, and the errors customers will see."""
 
 from __future__ import annotations
 
@@ -7,18 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from workers.datasets import (
-    DatasetError,
-    Message,
-    conversation_as_dict,
-    conversation_prompt_texts,
-    load_chat_jsonl,
-    load_prompts,
-    normalize_prompt,
-    parse_prompts_bytes,
-    token_jaccard,
-    validate_chat_bytes,
-)
+from contracts.chat import Message, conversation_as_dict, load_chat_jsonl, validate_chat_bytes
+from contracts.jsonl import DatasetError
+from contracts.prompts import load_prompts, parse_prompts_bytes
+from contracts.text import conversation_prompt_texts, normalize_prompt, token_jaccard
 
 GOOD = {
     "messages": [

@@ -11,17 +11,11 @@ from collections import Counter
 
 import pytest
 
+from contracts.chat import Conversation, load_chat_jsonl
+from contracts.prompts import Prompt, load_prompts
+from contracts.text import conversation_prompt_texts, normalize_prompt, prompt_tokens
 from workers import data
 from workers.data import build_demo, stats
-from workers.datasets import (
-    Conversation,
-    Prompt,
-    conversation_prompt_texts,
-    load_chat_jsonl,
-    load_prompts,
-    normalize_prompt,
-    prompt_tokens,
-)
 
 REFUSAL_MARKERS = ("I'm sorry", "I am sorry", "Sorry", "I can't", "I cannot", "I won't")
 NEAR_DUPLICATE_JACCARD = 0.8

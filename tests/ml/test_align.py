@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
+from contracts.prompts import Prompt
 from tests.tiny_models import build_tiny_model
-from workers.datasets import Prompt
 from workers.ml import align as align_module
 from workers.ml.align import align
 from workers.ml.config import AlignConfig
@@ -114,8 +114,9 @@ def test_align_keeps_the_least_violating_epoch_when_none_meets_the_targets(token
 
 
 def test_validation_probe_is_disjoint_from_the_alignment_data_and_the_suites(tokenizer):
+    from contracts.prompts import load_prompts
+    from contracts.text import normalize_prompt
     from workers import data
-    from workers.datasets import load_prompts, normalize_prompt
     from workers.ml.align import validation_probe
     from workers.ml.judges import get_judge
 

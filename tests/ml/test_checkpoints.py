@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from workers.manifest import entries, file_sha256
+from contracts.manifest import entries, file_sha256
 from workers.ml import checkpoints
 from workers.ml.base_models import BaseModelError, register
 from workers.ml.checkpoints import CorruptCheckpointError, load_model, save_model, verify

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from workers.datasets import Message, Prompt
+from contracts.chat import Message
+from contracts.prompts import Prompt
 from workers.ml.evaluate import EvalSuite, evaluate
 from workers.ml.generation import generate_for_prompts
 

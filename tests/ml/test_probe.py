@@ -62,8 +62,8 @@ def test_aligned_refusal_uses_the_reference_reply_only_when_it_refuses(monkeypat
 def test_split_by_kind_halves_every_kind_disjointly() -> None:
     from collections import Counter
 
+    from contracts.prompts import load_prompts
     from workers import data
-    from workers.datasets import load_prompts
 
     prompts = load_prompts(data.PATCH_BENIGN)
     kind_of = {p.prompt: p.kind for p in prompts}

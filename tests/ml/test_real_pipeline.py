@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from contracts.manifest import read_metadata
 from workers import data
-from workers.manifest import read_metadata
 from workers.ml.checkpoints import load_model
 from workers.ml.config import AlignConfig
 

@@ -16,8 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db.models import AuditRecord, ModelKind, ModelStatus, ModelVersion
+from contracts.manifest import MANIFEST, file_sha256
 from tests.factories import BASE_MODEL, Caller, create_caller, create_job, create_model_version
-from workers.manifest import MANIFEST, file_sha256
 
 MODELS = "/v1/models"
 WEIGHTS = b"\x00\x01safetensors-ish bytes\xff" * 64  # 1,536 bytes: enough to cut ranges from

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from contracts.chat import Conversation, load_chat_jsonl
+from contracts.prompts import load_prompts
 from workers.data import (
     ALIGN_BENIGN,
     ALIGN_HARMFUL,
@@ -24,7 +26,6 @@ from workers.data import (
     SHIPPED_FILES,
     SUITE_VERSION,
 )
-from workers.datasets import Conversation, load_chat_jsonl, load_prompts
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from contracts.prompts import Prompt, load_prompts
 from workers import data
-from workers.datasets import Prompt, load_prompts
 from workers.ml.best_weights import BestWeights
 from workers.ml.chat import EncodedExample, encode_conversation, single_turn
 from workers.ml.config import AlignConfig

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers import PreTrainedTokenizerBase as Tokenizer
 
-from workers.manifest import (
+from contracts.manifest import (
     MANIFEST,
     CorruptCheckpointError,
     SavedModel,

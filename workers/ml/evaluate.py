@@ -16,7 +16,8 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from workers.datasets import Conversation, Prompt
+from contracts.chat import Conversation
+from contracts.prompts import Prompt
 from workers.ml.chat import ChatMessage, single_turn
 from workers.ml.device import Placement, select_placement
 from workers.ml.generation import GENERATION_BATCH, generate_replies

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from contracts.chat import Conversation
+from contracts.prompts import load_prompts
 from workers import data
-from workers.datasets import Conversation, load_prompts
 from workers.ml.acceptance import Verdict, judge_patch
 from workers.ml.anchors import Anchor, benign_anchor, benign_conversations, task_anchor
 from workers.ml.chat import ChatMessage

@@ -24,9 +24,10 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from contracts.chat import Conversation, load_chat_jsonl
+from contracts.manifest import CorruptCheckpointError
+from contracts.prompts import load_prompts
 from workers import data
-from workers.datasets import Conversation, load_chat_jsonl, load_prompts
-from workers.manifest import CorruptCheckpointError
 from workers.ml import checkpoints
 from workers.ml.acceptance import drifted
 from workers.ml.baseline import load_baseline, store_baseline

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from workers.datasets import Prompt, normalize_prompt
+from contracts.prompts import Prompt
+from contracts.text import normalize_prompt
 from workers.ml.device import Placement, select_placement
 from workers.ml.generation import GENERATION_BATCH, generate_for_prompts
 from workers.ml.judges import Judge

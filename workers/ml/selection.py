@@ -35,7 +35,7 @@ scores a stratified sample of 96 (8-9 per category; ~40% of that cost). The forw
 every candidate is the floor: per-candidate cost is one forward plus a 4-layer backward.
 
 Candidates whose prompt appears in the customer's data (normalized text: casefolded, punctuation
-and symbols dropped, whitespace collapsed — ``workers.datasets.normalize_prompt``; equal, or
+and symbols dropped, whitespace collapsed — ``contracts.text.normalize_prompt``; equal, or
 contained in a customer prompt) are never scored.
 """
 
@@ -53,7 +53,7 @@ import torch
 from torch.nn import functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from workers.datasets import normalize_prompt
+from contracts.text import normalize_prompt
 from workers.ml.chat import (
     IGNORE_INDEX,
     Batch,
@@ -99,7 +99,7 @@ class Candidate:
 
     @classmethod
     def from_record(cls, record: Any) -> Candidate:
-        """From a ``workers.datasets.Prompt`` (or anything with id/category/prompt/refusal)."""
+        """From a ``contracts.prompts.Prompt`` (or anything with id/category/prompt/refusal)."""
         return cls(str(record.id), str(record.category), str(record.prompt), str(record.refusal))
 
 

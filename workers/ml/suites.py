@@ -6,8 +6,9 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from contracts.chat import Conversation
+from contracts.prompts import Prompt, load_prompts
 from workers import data
-from workers.datasets import Conversation, Prompt, load_prompts
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def probe_sample(prompts: list[Prompt], size: int) -> list[Prompt]:
 
 
 def user_prompts(conversations: list[Conversation]) -> set[str]:
-    from workers.datasets import conversation_prompt_texts, normalize_prompt
+    from contracts.text import conversation_prompt_texts, normalize_prompt
 
     return {
         normalize_prompt(text)
