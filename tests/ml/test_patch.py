@@ -11,22 +11,20 @@ import pytest
 import torch
 
 from tests.tiny_models import build_tiny_model
-from workers.ml import patch as patch_module
-from workers.ml.anchors import anchor_kl, benign_conversations, build_anchor
 from workers.ml.chat import IGNORE_INDEX, single_turn
+from workers.ml.config import PatchConfig, PatchStageConfig
 from workers.ml.device import Placement
-from workers.ml.patch import (
-    PatchConfig,
-    SafetyExample,
+from workers.ml.patch import training
+from workers.ml.patch.anchors import anchor_kl, benign_conversations, build_anchor
+from workers.ml.patch.example import SafetyExample, encode_example, first_sentence
+from workers.ml.patch.safety_gradient import patchable_matrices, safety_gradient
+from workers.ml.patch.training import (
     apply_patch,
-    encode_example,
-    first_sentence,
     projection_patch,
     sft_patch,
     with_reference_targets,
 )
 from workers.ml.probe import ProbeResult
-from workers.ml.safety_gradient import patchable_matrices, safety_gradient
 
 FP32 = Placement(torch.device("cpu"), None)  # exact comparisons: no autocast on any CPU
 EXAMPLE = SafetyExample(
@@ -86,25 +84,26 @@ def test_projection_moves_weights_by_the_reference_update(tokenizer, tiny_model)
     assert untouched  # norms and the tied embedding
     assert all(torch.equal(before[name], after[name]) for name in untouched)
     assert result.strategy == "projection" and result.epochs == 1
-    assert result.cer["k"] == 20 and result.cer["n_matrices"] == 14
+    assert result.cer is not None
+    assert result.cer.k == 20 and result.cer.n_matrices == 14
 
 
 def test_sft_trains_on_exactly_one_example_one_step_per_epoch(tokenizer, tiny_model, monkeypatch):
     seen: list[tuple[int, ...]] = []
-    real_loss = patch_module.sft_loss
+    real_loss = training.sft_loss
 
     def spy(model, batch):
         seen.append(tuple(batch.input_ids.shape))
         return real_loss(model, batch)
 
-    monkeypatch.setattr(patch_module, "sft_loss", spy)
+    monkeypatch.setattr(training, "sft_loss", spy)
     _, result = sft_patch(tiny_model, tokenizer, EXAMPLE, PatchConfig(max_epochs=4))
     expected = encode_example(tokenizer, EXAMPLE).input_ids
     assert seen == [(1, len(expected))] * 4
     assert result.epochs == 4 and result.best_epoch == 4 and not result.stopped_early
     assert result.probe_history == []
     assert result.example == EXAMPLE
-    assert 0.0 < result.cer["mean"] <= 1.0
+    assert result.cer is not None and 0.0 < result.cer.mean <= 1.0
 
 
 def test_sft_stops_when_the_probe_says_safety_is_back(tokenizer, tiny_model):
@@ -141,12 +140,19 @@ def test_sft_keeps_the_latest_of_equally_good_epochs(tokenizer, tiny_model):
 
 
 def test_probe_targets_follow_the_reference_model():
+    stage = PatchStageConfig()
+    margins = {
+        "asr_margin": stage.probe_asr_margin,
+        "over_refusal_margin": stage.probe_over_refusal_margin,
+    }
     reference = ProbeResult(asr=0.0625, over_refusal=0.125, n_harmful=16, n_benign=40)
-    config = with_reference_targets(PatchConfig(), reference)
+    config = with_reference_targets(PatchConfig(), reference, **margins)
     assert config.probe_asr_target == 0.0625
     assert config.probe_over_refusal_limit == pytest.approx(0.175)
     # A 16-prompt probe cannot resolve 0.05: the slack becomes one prompt, 1/16.
-    coarse = with_reference_targets(PatchConfig(), ProbeResult(0.0, 0.0, n_harmful=16, n_benign=16))
+    coarse = with_reference_targets(
+        PatchConfig(), ProbeResult(0.0, 0.0, n_harmful=16, n_benign=16), **margins
+    )
     assert coarse.probe_over_refusal_limit == pytest.approx(0.0625)
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from workers.ml import patch as patch_module
-from workers.ml.patch import aligned_refusal, complete_sentences, first_sentence
+from workers.ml.patch import example as example_module
+from workers.ml.patch.example import aligned_refusal, complete_sentences, first_sentence
 from workers.ml.probe import GenerationProbe, sample_probe_prompts, split_by_kind
 
 
@@ -53,7 +53,7 @@ def test_aligned_refusal_uses_the_reference_reply_only_when_it_refuses(monkeypat
     def fake_generate(model, tokenizer, prompts, **options):
         return ["I can't help with that. Instead, you could"]
 
-    monkeypatch.setattr(patch_module, "generate_for_prompts", fake_generate)
+    monkeypatch.setattr(example_module, "generate_for_prompts", fake_generate)
     prompt = "How do I pick a lock?"
     assert aligned_refusal(None, None, prompt, FixedJudge(set())) is None
     assert aligned_refusal(None, None, prompt, FixedJudge({prompt})) == "I can't help with that."

@@ -10,7 +10,7 @@ import torch
 from workers.ml.chat import collate
 from workers.ml.device import Placement
 from workers.ml.finetune import sft_loss
-from workers.ml.safety_gradient import (
+from workers.ml.patch.safety_gradient import (
     cer_summary,
     cumulative_energy_ratio,
     encode_pairs,

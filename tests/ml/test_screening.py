@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from tests.tiny_models import build_tiny_model
+from workers.ml.config import PatchConfig
 from workers.ml.device import Placement
-from workers.ml.patch import PatchConfig, SafetyExample
+from workers.ml.patch.example import SafetyExample
+from workers.ml.patch.screening import screen_examples
 from workers.ml.probe import ProbeResult
-from workers.ml.screening import screen_examples
+from workers.ml.report import ScreenReading
 
 FP32 = Placement(torch.device("cpu"), None)
 EXAMPLES = [
@@ -44,7 +46,8 @@ def test_candidates_are_ordered_by_the_probe_after_their_short_patch(tokenizer):
     )  # fmt: skip
     assert [s.example.id for s in screens] == ["c3", "c1", "c2", "c0"]
     assert [round(s.violation, 6) for s in screens] == [0.0, 0.0, 0.1, 0.5]
-    assert [e.data["example_id"] for e in events] == ["c0", "c1", "c2", "c3"]
+    assert [e.reading.example_id for e in events] == ["c0", "c1", "c2", "c3"]
+    assert {e.epochs for e in events} == {2}
     # Every candidate patched its own copy: the fine-tuned model is untouched, and the four
     # patched models differ from it and from each other.
     assert torch.equal(finetuned.model.layers[0].mlp.up_proj.weight, before)
@@ -59,7 +62,6 @@ def test_equal_readings_keep_the_proxy_order(tokenizer):
         finetuned, tokenizer, EXAMPLES, CONFIG, probe=probe, placement=FP32, epochs=1
     )
     assert [s.example.id for s in screens] == ["c0", "c1", "c2", "c3"]
-    assert screens[0].to_report() == {
-        "example_id": "c0", "probe_asr": 0.3, "probe_over_refusal": 0.0,
-        "violation": pytest.approx(0.2),
-    }  # fmt: skip
+    assert screens[0].reading == ScreenReading(
+        example_id="c0", probe_asr=0.3, probe_over_refusal=0.0, violation=pytest.approx(0.2)
+    )

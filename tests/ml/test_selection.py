@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from workers.ml.chat import collate, encode_conversation, single_turn
+from workers.ml.config import SelectionConfig
 from workers.ml.finetune import sft_loss
-from workers.ml.safety_gradient import pad_id
-from workers.ml.selection import (
+from workers.ml.patch.safety_gradient import pad_id
+from workers.ml.patch.selection import (
     Candidate,
-    SelectionConfig,
     _score,
     _sketch_linears,
     exclude_customer_prompts,

@@ -29,6 +29,108 @@ class AcceptanceRule:
 
 
 @dataclass
+class SelectionConfig:
+    """The gradient proxy that ranks the safety pool (workers/ml/patch/selection.py)."""
+
+    sketch_layers: int = field(
+        default=4, metadata={"help": "gradients of the linear maps of the last N decoder layers"}
+    )
+    pool_sample: int = field(default=32, metadata={"help": "pool examples forming g_pool"})
+    max_candidates: int = field(
+        default=96, metadata={"help": "0 = score every candidate; N = a stratified sample of N"}
+    )
+    max_task_examples: int = field(default=16, metadata={"help": "task conversations for g_task"})
+    max_benign_prompts: int = field(default=16, metadata={"help": "benign prompts for g_over"})
+    weight_pool: float = field(default=1.0, metadata={"help": "w_pool"})
+    weight_task: float = field(default=0.5, metadata={"help": "w_task"})
+    weight_over_refusal: float = field(default=1.0, metadata={"help": "w_over_refusal"})
+    weight_likelihood: float = field(
+        default=0.0, metadata={"help": "w_likelihood (needs the aligned model)"}
+    )
+    batch_size: int = field(default=16, metadata={"help": "sequences per forward/backward"})
+    bf16: bool = field(default=True, metadata={"help": "bf16 autocast for scoring (False: fp32)"})
+    seed: int = field(default=0, metadata={"help": "seeds the pool sample and candidate sample"})
+
+
+@dataclass
+class PatchConfig:
+    """One patch's training loop (workers/ml/patch/training.py). The patch stage sets
+    ``strategy`` and ``seed`` from the pipeline's and the probe targets from the aligned model's
+    own probe reading."""
+
+    strategy: PatchStrategy = field(default=DEFAULT_STRATEGY, metadata={"help": "sft | projection"})
+    max_epochs: int = field(
+        default=10, metadata={"help": "sft: epochs (= steps) on the one example; projection: steps"}
+    )
+    # Above the 2e-5 published for 7B models: a 135M model barely moves at that rate in 10 epochs.
+    learning_rate: float = field(default=1e-4, metadata={"help": "sft: learning rate"})
+    optimizer: str = field(default="adamw", metadata={"help": "sft: adamw | sgd"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "sft: gradient clipping"})
+    first_sentence_only: bool = field(
+        default=False, metadata={"help": "sft: loss on the refusal's first sentence only"}
+    )
+    seed: int = field(default=0, metadata={"help": "seeds torch and the randomized SVD"})
+    projection_rank: int = field(default=20, metadata={"help": "projection: top-k directions"})
+    projection_alpha: float = field(
+        default=1.0, metadata={"help": "projection: alpha; the published sweet spot is 0.8-1.2"}
+    )
+    projection_step_size: float = field(
+        default=0.02, metadata={"help": "projection: η, a plain gradient step size (no Adam)"}
+    )
+    projection_svd: str = field(
+        default="lowrank", metadata={"help": "projection: full | lowrank (randomized, ~10x faster)"}
+    )
+    cer_k: int = field(
+        default=20, metadata={"help": "k of the reported CER(k); 0: sft skips CER (screening)"}
+    )
+    probe_asr_target: float = field(
+        default=0.0, metadata={"help": "stop once probe ASR is at or below this"}
+    )
+    probe_over_refusal_limit: float = field(
+        default=1.0, metadata={"help": "an epoch over this probe over-refusal is a violation"}
+    )
+    stop_early: bool = field(
+        default=True,
+        metadata={"help": "False: probe every epoch but run them all and keep the last weights"},
+    )
+
+
+@dataclass
+class PatchStageConfig:
+    """The patch stage (workers/ml/patch/stage.py): the candidates it screens, its probe, its
+    anchors, and the training loop each attempt runs."""
+
+    # The proxy's order barely predicts which example patches well; a short patch does.
+    screen_candidates: int = field(
+        default=8, metadata={"help": "the proxy's top candidates screened by a short patch each"}
+    )
+    # By then the example's own loss is near zero and the probe has mostly settled.
+    screen_epochs: int = field(default=4, metadata={"help": "epochs of each screening patch"})
+    # Fewer prompts read too noisy a probe ASR to stop on.
+    probe_harmful: int = field(
+        default=48, metadata={"help": "safety-pool prompts in the patch's probe"}
+    )
+    probe_asr_margin: float = field(
+        default=0.0, metadata={"help": "probe ASR target: the aligned model's probe ASR + this"}
+    )
+    probe_over_refusal_margin: float = field(
+        default=0.05,
+        metadata={
+            "help": "probe over-refusal limit: the aligned model's + this (at least one prompt)"
+        },
+    )
+    benign_anchor_weight: float = field(
+        default=1.0, metadata={"help": "sft: weight of KL(aligned ‖ patched) on benign prompts"}
+    )
+    task_anchor_weight: float = field(
+        default=1.0,
+        metadata={"help": "sft: weight of KL(fine-tuned ‖ patched) on the task (0: none)"},
+    )
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    training: PatchConfig = field(default_factory=PatchConfig)
+
+
+@dataclass
 class PipelineConfig:
     base: str = field(metadata={"help": "registered base model name"})
     train: Path = field(metadata={"help": "OpenAI chat JSONL training file"})
@@ -54,6 +156,7 @@ class PipelineConfig:
     )
     judge: str = field(default="keyword", metadata={"help": "refusal judge name"})
     rule: AcceptanceRule = field(default_factory=AcceptanceRule)
+    patch: PatchStageConfig = field(default_factory=PatchStageConfig)
 
 
 @dataclass
@@ -82,9 +185,8 @@ class AlignConfig:
         default=True, metadata={"help": "leave the token embedding (and a tied head) untrained"}
     )
     # Which epoch to keep is measured, not fixed: the same recipe lands on different sides of the
-    # targets on different CPUs (docs/results.md: after 4 epochs ASR 0.023 / over-refusal 0.080
-    # with bf16 on an AMX Xeon, 0.080 / 0.030 in fp32 on an AMD EPYC), and the suites move by
-    # several prompts from one epoch to the next.
+    # targets on different CPUs, and neighbouring epochs differ by several prompts
+    # (docs/results.md).
     probe_from_epoch: int = field(
         default=3, metadata={"help": "first epoch read by the validation probe"}
     )

@@ -100,7 +100,7 @@ class SelectionReport:
 
     rule: str
     seconds: float
-    excluded_customer_prompts: int
+    excluded_customer_prompts: tuple[str, ...]  # ids of pool candidates in the customer's data
     chosen: RankedCandidate
     screening: tuple[ScreenReading, ...]
 

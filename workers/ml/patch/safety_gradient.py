@@ -1,9 +1,9 @@
 """The safety gradient and its spectrum: how low-rank is the signal of one refusal?
 
 The safety gradient is the gradient of ``sft_loss`` on (harmful prompt → refusal) examples, taken
-per 2-D weight matrix. The paper's evidence for one-shot patching is that it is low-rank: the top 20
-singular directions of each matrix's gradient hold 86-95% of its energy (the cumulative energy
-ratio, CER(20)).
+per 2-D weight matrix. One-shot patching works because it is low-rank: on 7B chat models the top
+20 singular directions of each matrix's gradient hold 86-95% of its energy (the cumulative energy
+ratio CER(20); docs/method.md).
 
 A caveat a reader should know before quoting CER numbers: for a linear layer, the gradient of one
 sequence is ``Σ_t δ_t x_tᵀ`` over its T token positions, so its rank is at most T. A single chat
@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -29,6 +28,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from workers.ml.chat import EncodedExample, collate, encode_conversation, single_turn
 from workers.ml.device import Placement, select_placement
 from workers.ml.finetune import sft_loss
+from workers.ml.report import CerReport
 
 SKIPPED_BY_DEFAULT: tuple[str, ...] = ("embed_tokens", "lm_head")
 SvdMethod = Literal["full", "lowrank"]
@@ -116,22 +116,7 @@ def top_k_update(
     return (u[:, :k] * s[:k]) @ v[:, :k].T
 
 
-@dataclass
-class CerSummary:
-    """CER(k) of each matrix's gradient, summarised over the model."""
-
-    k: int
-    mean: float
-    min: float
-    max: float
-    n_matrices: int
-    by_kind: dict[str, float] = field(default_factory=dict)  # mean per module kind (q_proj, ...)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def cer_summary(gradients: Mapping[str, torch.Tensor], k: int = 20) -> CerSummary:
+def cer_summary(gradients: Mapping[str, torch.Tensor], k: int = 20) -> CerReport:
     """CER(k) over every matrix in ``gradients``; singular values only (``svdvals`` is cheaper)."""
     if not gradients:
         raise ValueError("no gradient matrices to summarise")
@@ -142,7 +127,7 @@ def cer_summary(gradients: Mapping[str, torch.Tensor], k: int = 20) -> CerSummar
     for name, ratio in ratios.items():
         by_kind.setdefault(_kind(name), []).append(ratio)
     values = list(ratios.values())
-    return CerSummary(
+    return CerReport(
         k=k,
         mean=sum(values) / len(values),
         min=min(values),

@@ -25,14 +25,11 @@ Cost control ("gradient sketch"): gradients are restricted to the linear maps of
 ``sketch_layers`` decoder layers, so the backward pass stops there, and per-example gradients are
 never materialised: for a linear map, g_c = Σ_t δ_t x_tᵀ, hence ⟨g_c, R⟩ = Σ_t δ_tᵀ R x_t and
 ‖g_c‖² = Σ_{t,s} (δ_t·δ_s)(x_t·x_s), computed from the activations x and output gradients δ that
-one batched forward/backward captures. Scoring runs under bf16 autocast on CPU (a 32x70-token
-forward: 1.8 s vs 4.3 s in fp32); the ranking is a comparison of cosines, which bf16 keeps (tested
-against fp32 on the tiny model).
-
-Measured on SmolLM2-135M, 2 shared CPU cores: all 264 pool candidates took 311 s while another
-training job held the cores (a forward pass ran ~5x slower than on idle cores), so the default
-scores a stratified sample of 96 (8-9 per category; ~40% of that cost). The forward pass over
-every candidate is the floor: per-candidate cost is one forward plus a 4-layer backward.
+one batched forward/backward captures. Scoring runs under bf16 autocast on CPU (about twice as
+fast as fp32); the ranking is a comparison of cosines, which bf16 keeps (tested against fp32 on
+the tiny model). The forward pass over every candidate is the floor of the cost (per candidate:
+one forward plus a backward through the sketch layers), so by default a stratified sample of the
+pool is scored (``SelectionConfig.max_candidates``).
 
 Candidates whose prompt appears in the customer's data (normalized text: casefolded, punctuation
 and symbols dropped, whitespace collapsed — ``contracts.text.normalize_prompt``; equal, or
@@ -46,7 +43,7 @@ import random
 import re
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -63,31 +60,10 @@ from workers.ml.chat import (
     encode_conversation,
     single_turn,
 )
+from workers.ml.config import SelectionConfig
 from workers.ml.device import Placement, select_placement
 from workers.ml.finetune import labelled_logits
-from workers.ml.safety_gradient import pad_id
-
-
-@dataclass
-class SelectionConfig:
-    sketch_layers: int = field(
-        default=4, metadata={"help": "gradients of the linear maps of the last N decoder layers"}
-    )
-    pool_sample: int = field(default=32, metadata={"help": "pool examples forming g_pool"})
-    max_candidates: int = field(
-        default=96, metadata={"help": "0 = score every candidate; N = a stratified sample of N"}
-    )
-    max_task_examples: int = field(default=16, metadata={"help": "task conversations for g_task"})
-    max_benign_prompts: int = field(default=16, metadata={"help": "benign prompts for g_over"})
-    weight_pool: float = field(default=1.0, metadata={"help": "w_pool"})
-    weight_task: float = field(default=0.5, metadata={"help": "w_task"})
-    weight_over_refusal: float = field(default=1.0, metadata={"help": "w_over_refusal"})
-    weight_likelihood: float = field(
-        default=0.0, metadata={"help": "w_likelihood (needs the aligned model)"}
-    )
-    batch_size: int = field(default=16, metadata={"help": "sequences per forward/backward"})
-    bf16: bool = field(default=True, metadata={"help": "bf16 autocast for scoring (False: fp32)"})
-    seed: int = field(default=0, metadata={"help": "seeds the pool sample and candidate sample"})
+from workers.ml.patch.safety_gradient import pad_id
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from workers.ml.device import Placement, select_placement
 from workers.ml.finetune import labelled_logits
 from workers.ml.generation import generate_for_prompts
 from workers.ml.judges import Judge
-from workers.ml.safety_gradient import pad_id
+from workers.ml.patch.safety_gradient import pad_id
 
 
 @dataclass
