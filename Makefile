@@ -33,10 +33,14 @@ test: venv services lint
 demo: venv
 	$(VENV)/bin/safepatch demo
 
+# lint-imports: imports go one way (pyproject.toml [tool.importlinter]); check_import_cycles:
+# and never in a circle.
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy app workers
+	$(VENV)/bin/mypy app workers contracts safepatch tools
+	$(VENV)/bin/lint-imports --no-cache
+	$(PY) tools/check_import_cycles.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

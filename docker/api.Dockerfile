@@ -13,12 +13,14 @@ WORKDIR /srv/safepatch
 
 # Dependencies first, so code changes don't reinstall them.
 COPY pyproject.toml README.md ./
-RUN mkdir app workers && pip install . && pip uninstall -y safepatch
+RUN mkdir app contracts safepatch workers && pip install . && pip uninstall -y safepatch
 
 COPY alembic.ini ./
 COPY migrations ./migrations
+COPY contracts ./contracts
 COPY app ./app
 COPY workers ./workers
+COPY safepatch ./safepatch
 # Editable: `safepatch db upgrade` finds migrations/ next to the source tree.
 RUN pip install --no-deps -e .
 

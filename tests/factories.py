@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.auth import service as auth_service
-from app.auth.service import AuthContext
+from app.auth.context import AuthContext
 from app.core.ids import random_token
 from app.core.settings import Settings
 from app.db.models import (

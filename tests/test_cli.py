@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from app.cli import cli
 from app.core import db
 from app.core.settings import get_settings
+from safepatch.cli import cli
 
 runner = CliRunner()
 

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app import demo
+from safepatch import demo
 
 JOB_ID = "ftjob-abc"
 FINETUNED = f"ft:tiny-safe:demo:{JOB_ID}"
@@ -89,14 +89,24 @@ def missed_job() -> dict[str, Any]:
     return job
 
 
+def summary_rows(out: str) -> dict[str, list[str]]:
+    """The summary table's rows: the stage's label (the first column) to its numbers."""
+    width = 2 + demo.LABEL_WIDTH
+    return {
+        line[2:width].strip(): line[width:].split()
+        for line in out.splitlines()
+        if line[:2] == "  " and line[2:3] != " "
+    }
+
+
 def test_the_summary_of_a_patched_job(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     demo.print_summary(PATCHED_JOB, AUDIT, tmp_path / "downloads" / "m")
     out = capsys.readouterr().out
 
-    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line[:2] == "  "}
-    assert rows["base"] == ["0.000", "1.000", "0.100"]
-    assert rows["fine-tuned"] == ["1.000", "0.200", "0.900"]
-    assert rows["patched"] == ["0.006", "0.950", "0.880"]
+    rows = summary_rows(out)
+    assert rows["Base model"] == ["0.000", "1.000", "0.100"]
+    assert rows["Fine-tuned model"] == ["1.000", "0.200", "0.900"]
+    assert rows["Patched model"] == ["0.006", "0.950", "0.880"]
     assert "ASR" in out and "over-refusal" in out and "utility" in out
     assert f"(judge: {JUDGE})" in out
     assert "drift: ASR +1.000 against threshold 0.050 (drifted); patch status: patched" in out
@@ -146,8 +156,9 @@ def test_a_job_that_did_not_drift_shows_no_patched_numbers(
     demo.print_summary(job, AUDIT, Path("/downloads/m"))
     out = capsys.readouterr().out
 
-    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line[:2] == "  "}
-    assert rows["fine-tuned"] == ["0.010", "1.000", "-"] and rows["patched"] == ["-", "-", "-"]
+    rows = summary_rows(out)
+    assert rows["Fine-tuned model"] == ["0.010", "1.000", "-"]
+    assert rows["Patched model"] == ["-", "-", "-"]
     assert "(no drift); patch status: not_needed" in out and "safety example" not in out
 
 

@@ -130,7 +130,8 @@ def test_demo_runs_the_main_job_and_prints_its_summary(
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     assert "Created fine-tuning job" in out and "Job succeeded" in out
-    assert "ASR" in out and "over-refusal" in out and "base" in out and "fine-tuned" in out
+    assert "ASR" in out and "over-refusal" in out
+    assert "Base model" in out and "Fine-tuned model" in out
     assert "(sha256 of every file checked)" in out
     assert "patch status: patched" in out and "safety example: " in out
     downloaded = list((tmp_path / "data" / "downloads").glob("ft_tiny-safe_demo_*"))
@@ -140,7 +141,7 @@ def test_demo_runs_the_main_job_and_prints_its_summary(
 
 def test_the_api_never_imports_torch() -> None:
     code = (
-        "import sys, app.main, app.cli, app.server, app.demo; "
+        "import sys, app.main, safepatch.cli, safepatch.serve, safepatch.demo; "
         "app.main.create_app(); "
         "sys.exit('torch' in sys.modules)"
     )

@@ -33,8 +33,8 @@ from app.db.base import utcnow
 from app.db.models import AuditRecord
 from app.models import repository as models_repository
 
-if TYPE_CHECKING:  # app.auth.service imports this module (it audits key creation)
-    from app.auth.service import AuthContext
+if TYPE_CHECKING:
+    from app.auth.context import AuthContext
 
 GENESIS_HASH = "0" * 64
 # Concurrent writers (API and workers) may race for the same seq; the unique constraint makes

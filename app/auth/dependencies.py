@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.auth import service
-from app.auth.service import AdminContext, AuthContext
+from app.auth.context import AdminContext, AuthContext
 from app.core import ratelimit
 from app.core.dependencies import SessionDep, SettingsDep
 from app.core.errors import AuthenticationFailed

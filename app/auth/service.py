@@ -17,12 +17,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.auth import repository
+from app.auth.context import AdminContext, AuthContext
 from app.core.errors import AuthenticationFailed, Conflict, NotFound, PermissionDenied
 from app.core.ids import random_token
 from app.db.base import utcnow
@@ -34,19 +34,6 @@ KEY_RANDOM_LENGTH = 48
 DISPLAY_PREFIX_LENGTH = 8  # "sp-" + 5 characters: enough to tell a tenant's keys apart
 WELL_FORMED_KEY = re.compile(rf"{KEY_PREFIX}[A-Za-z0-9]{{{KEY_RANDOM_LENGTH}}}")
 ANONYMOUS = "anonymous"
-
-
-@dataclass(frozen=True)
-class AuthContext:
-    """The authenticated caller: every query is scoped to ``tenant``."""
-
-    tenant: Tenant
-    api_key: APIKey
-
-    @property
-    def actor(self) -> str:
-        """How the audit trail names this caller."""
-        return f"api_key:{self.api_key.id}"
 
 
 def hash_key(key: str) -> str:
@@ -129,15 +116,6 @@ def authenticate(session: Session, *, token: str, client: str | None = None) -> 
         raise AuthenticationFailed(f"Incorrect API key provided: {shown}.")
     api_key, tenant = found
     return AuthContext(tenant=tenant, api_key=api_key)
-
-
-@dataclass(frozen=True)
-class AdminContext:
-    """The operator, authenticated with the admin key."""
-
-    @property
-    def actor(self) -> str:
-        return "admin"
 
 
 def create_admin_key() -> tuple[str, str]:

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.auth import repository as auth_repository
-from app.auth.service import AuthContext
+from app.auth.context import AuthContext
 from app.core.db import after_commit
 from app.core.errors import InvalidRequest, NotFound, PayloadTooLarge
 from app.core.settings import Settings

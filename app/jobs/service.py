@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.auth import repository as auth_repository
-from app.auth.service import AuthContext
+from app.auth.context import AuthContext
 from app.core.db import after_commit
 from app.core.errors import InvalidRequest, NotFound, QuotaExceeded
 from app.core.queue import TaskQueue

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
-from app.auth.service import AuthContext
+from app.auth.context import AuthContext
 from app.core.errors import AppError, NotFound, PermissionDenied
 from app.db.models import BaseModelRecord, ModelStatus, ModelVersion
 from app.models import repository

@@ -1,4 +1,4 @@
-"""contracts (chat, prompts, jsonl, text): prompt files, chat fine-tuning uploads, and the errors customers will see."""
+"""contracts (chat, prompts, jsonl, text): prompt files, chat uploads, the errors users see."""
 
 from __future__ import annotations
 

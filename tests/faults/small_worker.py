@@ -22,7 +22,7 @@ data.HARMFUL_EVAL = suites / "harmful.jsonl"
 data.BORDERLINE_EVAL = suites / "benign.jsonl"
 data.GENERAL_EVAL = suites / "general.jsonl"
 
-from app.cli import main  # noqa: E402
+from safepatch.cli import main  # noqa: E402
 
 sys.argv[0] = "safepatch"
 sys.exit(main())

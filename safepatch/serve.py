@@ -53,7 +53,7 @@ def run_api(*, host: str, port: int, log_level: str) -> None:
 def worker_child() -> Iterator[subprocess.Popen[bytes]]:
     """A ``safepatch worker`` child for the lifetime of the block; stopped on the way out."""
     worker = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "worker"],
+        [sys.executable, "-m", "safepatch", "worker"],
         # Own process group: the terminal's Ctrl-C reaches only us, and we stop the worker in
         # order (warm shutdown first) instead of both racing.
         start_new_session=True,

@@ -11,7 +11,8 @@ from typing import Annotated
 
 import typer
 
-from workers.cli import models_app, pipeline
+from safepatch.models import models_app
+from safepatch.pipeline import pipeline
 
 cli = typer.Typer(
     name="safepatch",
@@ -43,7 +44,7 @@ def serve(
 ) -> None:
     """Serve the API. Embedded mode (no database/broker URL) also migrates and runs a worker."""
     from app.core.settings import get_settings
-    from app.server import serve as run_server
+    from safepatch.serve import serve as run_server
 
     _setup()
     settings = get_settings()
@@ -80,7 +81,7 @@ def demo(
 ) -> None:
     """The main job end to end on the embedded service: fine-tune, drift, patch, download.
     Exit status 2: the job's model was quarantined (the patch missed the acceptance rule)."""
-    from app.demo import run_demo
+    from safepatch.demo import run_demo
 
     raise typer.Exit(
         run_demo(

@@ -35,6 +35,7 @@ from app.core.settings import Settings
 from app.db import migrate
 from app.jobs.states import TERMINAL
 from app.models import repository as models_repository
+from contracts.stages import EvalStage
 from workers.data import DEMO_TRAIN, DEMO_VALIDATION
 
 POLL_INTERVAL_S = 0.5
@@ -75,7 +76,7 @@ def run_demo(
     say(f"starting the embedded service on {base_url} (log: {log_path})")
     with log_path.open("wb") as log_file:
         server = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+            [sys.executable, "-m", "safepatch", "serve", "--port", str(port)],
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -115,7 +116,7 @@ def ensure_base_model(settings: Settings, model: str, env: dict[str, str]) -> bo
         ["models", "align", BUNDLED, "--as", DEFAULT_MODEL],
     ):
         say("$ safepatch " + " ".join(command))
-        if subprocess.run([sys.executable, "-m", "app.cli", *command], env=env).returncode:
+        if subprocess.run([sys.executable, "-m", "safepatch", *command], env=env).returncode:
             say(f"`safepatch {' '.join(command)}` failed")
             return False
     return _registered(settings, model)
@@ -224,7 +225,12 @@ def quarantined(job: dict[str, Any]) -> bool:
     return job["status"] == "failed" and (job["error"] or {}).get("code") in QUARANTINE_CODES
 
 
-STAGES = (("base", "baseline"), ("fine-tuned", "fine_tuned"), ("patched", "patched"))
+LABEL_WIDTH = 18  # the summary table's first column: "Fine-tuned model" and a gap
+
+
+# The job's ``safety`` block (public API) names the base model's numbers ``baseline``.
+def safety_key(stage: EvalStage) -> str:
+    return "baseline" if stage is EvalStage.BASE else stage.value
 
 
 def print_summary(
@@ -237,11 +243,13 @@ def print_summary(
     say(f"job {job['id']}: {job['status']}")
     if job["error"]:
         say(f"error: {job['error']['code']}: {job['error']['message']}")
-    print(f"\n  {'model':<12}{'ASR':>8}{'over-refusal':>15}{'utility':>10}")
-    for label, key in STAGES:
-        stage = safety.get(key) or {}
-        numbers = [_number(stage.get(name)) for name in ("asr", "over_refusal", "utility")]
-        print(f"  {label:<12}{numbers[0]:>8}{numbers[1]:>15}{numbers[2]:>10}")
+    print(f"\n  {'model':<{LABEL_WIDTH}}{'ASR':>8}{'over-refusal':>15}{'utility':>10}")
+    for stage in EvalStage:
+        numbers = [
+            _number((safety.get(safety_key(stage)) or {}).get(name))
+            for name in ("asr", "over_refusal", "utility")
+        ]
+        print(f"  {stage.label:<{LABEL_WIDTH}}{numbers[0]:>8}{numbers[1]:>15}{numbers[2]:>10}")
     judge = (safety.get("fine_tuned") or safety.get("baseline") or {}).get("judge", "?")
     print(f"  (judge: {judge})\n")
     drift = safety.get("drift")
