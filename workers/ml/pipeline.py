@@ -26,7 +26,6 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from contracts.chat import Conversation, load_chat_jsonl
 from contracts.manifest import CorruptCheckpointError
-from contracts.prompts import load_prompts
 from workers import data
 from workers.ml import checkpoints
 from workers.ml.acceptance import drifted
@@ -410,7 +409,3 @@ def _write_records(work_dir: Path, stage: str, metrics: StageMetrics) -> None:
 
 def _stage(metrics: StageMetrics) -> dict[str, Any]:
     return metrics.summary()
-
-
-def load_prompt_file(path: Path) -> list[Any]:
-    return load_prompts(path)
