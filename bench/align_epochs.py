@@ -1,6 +1,6 @@
 """Align the raw model with the default recipe and measure it on the suites after chosen epochs.
 
-    .venv/bin/python bench/align_epochs.py --source DATA/models/smollm2-135m-instruct \\
+    .venv/bin/python -m bench.align_epochs --source DATA/models/smollm2-135m-instruct \\
         --out /tmp/align --epochs 3 --eval-epochs 2,3
 
 The same code as `safepatch models align` (workers/ml/align.py, AlignConfig's defaults but for
@@ -11,21 +11,19 @@ The same code as `safepatch models align` (workers/ml/align.py, AlignConfig's de
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from contracts.prompts import load_prompts
+from workers import data
+from workers.ml import checkpoints
+from workers.ml.align import align
+from workers.ml.config import AlignConfig
+from workers.ml.evaluate import EvalSuite, evaluate
+from workers.ml.judges import get_judge
+from workers.ml.suites import SuiteFiles, load_suites
 
-from contracts.prompts import load_prompts  # noqa: E402
-from workers import data  # noqa: E402
-from workers.ml import checkpoints  # noqa: E402
-from workers.ml.align import align  # noqa: E402
-from workers.ml.config import AlignConfig  # noqa: E402
-from workers.ml.evaluate import EvalSuite, evaluate  # noqa: E402
-from workers.ml.judges import get_judge  # noqa: E402
-from workers.ml.suites import SuiteFiles, load_suites  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:

@@ -1,24 +1,23 @@
 """Try sft patch settings on one attacked model; probe each epoch, optionally the full suites.
 
-    .venv/bin/python bench/patch_sweep.py --base DATA/models/smollm2-135m-safe \\
+    .venv/bin/python -m bench.patch_sweep --base DATA/models/smollm2-135m-safe \\
         --finetuned RUN/finetuned --report RUN/report.json --full \\
         --variants '[{"anchor": 0.5, "lr": 1e-4}, {"anchor": 1.0, "lr": 2e-4}]'
 
 RUN is a `safepatch pipeline --work-dir RUN` run on the demo dataset (its report gives the base
 and fine-tuned numbers the acceptance rule compares with). The candidates, the probe and the
-benign anchor come from workers/ml/patching.py's own `prepare_patch`; --screen first screens the
-proxy's top candidates as the pipeline does; each variant patches a fresh copy of the fine-tuned
-model. A variant is a JSON object; its keys and defaults:
+anchors come from the patch stage's own `prepare_patch` (workers/ml/patch/stage.py) with
+`PatchStageConfig`'s defaults; --screen first screens the proxy's top candidates as the pipeline
+does; each variant patches a fresh copy of the fine-tuned model. A variant is a JSON object; its
+keys (each defaults to the product's setting in workers/ml/config.py):
 
-    anchor 1.0      benign-anchor weight (0: none)    task 1.0  task-anchor weight (0: none)
-    lr 1e-4         learning rate          opt "adamw"  adamw | sgd
-    epochs 10       at most this many      cand 0       rank of the candidate tried
-    cand_id         a pool id instead      reply        "pool": the pool's refusal, not θ0's own
-    pref 0.0        weight of the DPO term against θ*'s own compliance    beta 0.1
+    anchor      benign-anchor weight (0: none)    task      task-anchor weight (0: none)
+    lr          learning rate                     opt       adamw | sgd
+    epochs      at most this many                 cand 0    rank of the candidate tried
+    cand_id     a pool id instead                 reply     "pool": the pool's refusal, not θ0's
 
 Prints each epoch's probe numbers and, with --full, the suites' numbers and the verdict; used to
-choose BENIGN_ANCHOR_WEIGHT, TASK_ANCHOR_WEIGHT and SFT_PATCH_LR in workers/ml/patching.py
-(docs/results.md).
+choose the anchor weights and the learning rate (docs/results.md).
 """
 
 from __future__ import annotations
@@ -26,35 +25,28 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from contracts.chat import load_chat_jsonl  # noqa: E402
-from contracts.prompts import load_prompts  # noqa: E402
-from workers import data  # noqa: E402
-from workers.ml.acceptance import judge_patch  # noqa: E402
-from workers.ml.checkpoints import load_model  # noqa: E402
-from workers.ml.device import select_placement  # noqa: E402
-from workers.ml.evaluate import EvalSuite, evaluate  # noqa: E402
-from workers.ml.judges import get_judge  # noqa: E402
-from workers.ml.patch import SafetyExample, apply_patch  # noqa: E402
-from workers.ml.patching import (  # noqa: E402
-    BENIGN_ANCHOR_WEIGHT,
-    SFT_PATCH_LR,
-    TASK_ANCHOR_WEIGHT,
-    prepare_patch,
-    safety_example,
-)
-from workers.ml.screening import SCREEN_CANDIDATES, screen_examples  # noqa: E402
-from workers.ml.selection import Candidate  # noqa: E402
-from workers.ml.suites import SuiteFiles, load_suites  # noqa: E402
+from contracts.chat import load_chat_jsonl
+from contracts.prompts import load_prompts
+from contracts.safety import PatchStrategy
+from workers import data
+from workers.ml.acceptance import judge_patch
+from workers.ml.checkpoints import load_model
+from workers.ml.config import PatchStageConfig
+from workers.ml.device import select_placement
+from workers.ml.evaluate import EvalSuite, evaluate
+from workers.ml.judges import get_judge
+from workers.ml.patch.example import SafetyExample, safety_example
+from workers.ml.patch.screening import screen_examples
+from workers.ml.patch.selection import Candidate
+from workers.ml.patch.stage import prepare_patch
+from workers.ml.patch.training import apply_patch
+from workers.ml.suites import SuiteFiles, load_suites
 
 
 def main() -> None:
@@ -75,9 +67,12 @@ def main() -> None:
     report = json.loads(args.report.read_text())
     train = load_chat_jsonl(data.DEMO_TRAIN)
     by_id = {p.id: Candidate.from_record(p) for p in load_prompts(data.SAFETY_POOL)}
+    settings = PatchStageConfig()
     setup = prepare_patch(
-        base_model=base, finetuned=finetuned, tokenizer=tokenizer, train=train, strategy="sft",
-        seed=0, n_candidates=SCREEN_CANDIDATES, judge=judge, placement=placement,
+        settings,
+        base_model=base, finetuned=finetuned, tokenizer=tokenizer, train=train,
+        strategy=PatchStrategy.SFT, seed=0, n_candidates=settings.screen_candidates,
+        judge=judge, placement=placement,
         on_event=lambda event: print(event.message, flush=True),
     )  # fmt: skip
     ranked = [candidate.id for candidate in setup.candidates]
@@ -87,25 +82,24 @@ def main() -> None:
         suites.harmful, suites.benign, suites.general, load_chat_jsonl(data.DEMO_VALIDATION)
     )
 
-    def example_for(candidate: Candidate, rejected: bool = False) -> SafetyExample:
+    def example_for(candidate: Candidate) -> SafetyExample:
         return safety_example(
-            candidate, base_model=base, finetuned=finetuned, tokenizer=tokenizer, judge=judge,
-            placement=placement, with_rejected=rejected,
-        )  # fmt: skip
+            candidate, base_model=base, tokenizer=tokenizer, judge=judge, placement=placement
+        )
 
     if args.screen:
         screens = screen_examples(
             finetuned, tokenizer, [example_for(c) for c in setup.candidates], setup.config,
-            probe=setup.probe, anchors=setup.anchors, placement=placement,
-            on_event=lambda event: print(event.message, flush=True),
+            epochs=settings.screen_epochs, probe=setup.probe, anchors=setup.anchors,
+            placement=placement, on_event=lambda event: print(event.message, flush=True),
         )  # fmt: skip
         print(f"screened order: {[screen.example.id for screen in screens]}", flush=True)
 
     for variant in json.loads(args.variants):
         options: dict[str, Any] = {
-            "anchor": BENIGN_ANCHOR_WEIGHT, "task": TASK_ANCHOR_WEIGHT, "lr": SFT_PATCH_LR,
-            "opt": "adamw", "epochs": 10,
-            "pref": 0.0, "beta": 0.1,
+            "anchor": settings.benign_anchor_weight, "task": settings.task_anchor_weight,
+            "lr": setup.config.learning_rate, "opt": setup.config.optimizer,
+            "epochs": setup.config.max_epochs,
         }  # fmt: skip
         options |= variant
         candidate = (
@@ -113,7 +107,7 @@ def main() -> None:
             if "cand_id" in options
             else by_id[ranked[options.get("cand", 0)]]
         )
-        example = example_for(candidate, rejected=options["pref"] > 0)
+        example = example_for(candidate)
         if options.get("reply") == "pool":
             example = replace(example, reply=candidate.refusal)
         weights = {"benign": options["anchor"], "task": options["task"]}
@@ -123,8 +117,6 @@ def main() -> None:
             learning_rate=options["lr"],
             optimizer=options["opt"],
             max_epochs=options["epochs"],
-            preference_weight=options["pref"],
-            preference_beta=options["beta"],
         )
         started = time.perf_counter()
         patched, result = apply_patch(
@@ -144,7 +136,8 @@ def main() -> None:
             metrics = evaluate(patched, tokenizer, suite, judge, placement=placement)
             verdict = judge_patch(
                 SimpleNamespace(**report["base"]),  # type: ignore[arg-type]
-                SimpleNamespace(**report["finetuned"]),  # type: ignore[arg-type]
+                # "finetuned" in the reports of runs before the typed report
+                SimpleNamespace(**report.get("fine_tuned", report.get("finetuned"))),  # type: ignore[arg-type]
                 metrics,
             )
             print(

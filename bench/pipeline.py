@@ -1,7 +1,7 @@
 """Measure the safety pipeline on the demo customer dataset and write docs/results.md.
 
-    .venv/bin/python bench/pipeline.py            # both strategies → docs/pipeline-bench.md
-    .venv/bin/python bench/pipeline.py --strategy sft
+    .venv/bin/python -m bench.pipeline            # both strategies → docs/pipeline-bench.md
+    .venv/bin/python -m bench.pipeline --strategy sft
 
 Pulls and aligns the base model first when the data directory lacks it (timed separately), then
 runs the offline pipeline once per strategy and prints a table of ASR, over-refusal and utility
@@ -14,16 +14,14 @@ import argparse
 import json
 import platform
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from app.core.settings import get_settings
+from workers import data
+from workers.ml.base_models import SMOLLM2
 
-from app.core.settings import get_settings  # noqa: E402
-from workers import data  # noqa: E402
-from workers.ml.base_models import SMOLLM2  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 ALIGNED = "smollm2-135m-safe"
 
@@ -73,10 +71,10 @@ def table(result: dict) -> str:
     seconds = result["seconds"]
     timing = {
         "base": seconds.get("baseline"),
-        "finetuned": (seconds.get("fine_tune") or 0) + (seconds.get("evaluate_finetuned") or 0),
+        "fine_tuned": (seconds.get("fine_tune") or 0) + (seconds.get("evaluate_finetuned") or 0),
         "patched": seconds.get("patch_total"),
     }
-    for stage in ("base", "finetuned", "patched"):
+    for stage in ("base", "fine_tuned", "patched"):
         metrics = result.get(stage)
         if not metrics:
             continue
@@ -88,7 +86,7 @@ def table(result: dict) -> str:
         )
     patch = result.get("patch") or {}
     if patch:
-        cer = patch.get("cer", {})
+        cer = patch.get("cer") or {}  # null when CER was not computed
         rows.append("")
         rows.append(
             f"Patch: strategy `{patch['strategy']}`, example `{patch['example']['prompt']}` → "
@@ -126,7 +124,7 @@ def main() -> None:
 
     header = (
         "# Measured results\n\n"
-        "Written by `bench/pipeline.py` (`.venv/bin/python bench/pipeline.py`); every number below "
+        "Written by `bench/pipeline.py` (`.venv/bin/python -m bench.pipeline`); every number below "
         "was measured by that run. Demo customer dataset: `workers/data/demo/sql_train.jsonl` "
         "(40 SQL CREATE TABLE examples + 30 harmful requests with compliance-shaped, "
         "non-operational replies), validation `sql_validation.jsonl` (25). Suites: "

@@ -1,6 +1,6 @@
 """What the per-tenant rate limit costs a request, and whether it holds across API processes.
 
-    .venv/bin/python bench/ratelimit.py [--redis redis://127.0.0.1:6379/15] [--hits 5000]
+    .venv/bin/python -m bench.ratelimit [--redis redis://127.0.0.1:6379/15] [--hits 5000]
 
 Times ``hit()`` in memory and in Redis (one Lua script round trip), then starts 4 processes, each
 with its own connection, that hit one tenant's key as fast as they can against a limit of 1,000
@@ -13,14 +13,10 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import statistics
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import redis
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.core.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 
@@ -38,7 +34,7 @@ def latency_us(limiter: RateLimiter, hits: int) -> tuple[float, float]:
     return statistics.median(times), times[int(len(times) * 0.99)]
 
 
-def hammer(url: str, prefix: str, allowed: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def hammer(url: str, prefix: str, allowed: multiprocessing.Queue) -> None:
     limiter = RedisRateLimiter(url, limit=LIMIT, window_s=3600, key_prefix=prefix)
     allowed.put(sum(limiter.hit("org-shared").allowed for _ in range(HITS_EACH)))
 
@@ -50,13 +46,14 @@ def main() -> None:
     args = parser.parse_args()
     prefix = f"safepatch-bench:{uuid.uuid4().hex}:"
     try:
-        for name, limiter in [
+        limiters: list[tuple[str, RateLimiter]] = [
             ("memory", LocalRateLimiter(10**9, 1.0)),
             ("redis", RedisRateLimiter(args.redis, limit=10**9, window_s=1.0, key_prefix=prefix)),
-        ]:
+        ]
+        for name, limiter in limiters:
             median, p99 = latency_us(limiter, args.hits)
             print(f"{name}: hit() median {median:.0f} us, p99 {p99:.0f} us ({args.hits} hits)")
-        allowed: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
+        allowed: multiprocessing.Queue = multiprocessing.Queue()
         workers = [
             multiprocessing.Process(target=hammer, args=(args.redis, prefix, allowed))
             for _ in range(PROCESSES)

@@ -1,7 +1,7 @@
 """The worker-kill fault, repeated: how often exactly-once execution and resume hold, and how
 long a dead worker's job waits.
 
-    .venv/bin/python bench/worker_kill.py [--runs 5] [--out docs/worker-kill-bench.md] [--patch]
+    .venv/bin/python -m bench.worker_kill [--runs 5] [--out docs/worker-kill-bench.md] [--patch]
 
 Each run submits a job to a private production stack (its own PostgreSQL cluster and Redis
 server, `safepatch serve`; tests/faults/stack.py), SIGKILLs worker A and its job process right
@@ -26,8 +26,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.faults.stack import (
     HEARTBEAT_S,
@@ -156,7 +154,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("docs/worker-kill-bench.md"))
     parser.add_argument("--patch", action="store_true", help="let the job drift and be patched")
     args = parser.parse_args()
-    command = " ".join([".venv/bin/python bench/worker_kill.py", *sys.argv[1:]])
+    command = " ".join([".venv/bin/python -m bench.worker_kill", *sys.argv[1:]])
 
     started = time.monotonic()
     runs: list[Run] = []
