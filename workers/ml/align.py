@@ -6,7 +6,7 @@ The raw SmolLM2 answers harmful requests (ASR ≈ 0.98), so the provider aligns 
 refusals for harmful prompts, mixed with the raw model's *own* greedy answers to benign and
 borderline prompts. Training on its own answers keeps its abilities and teaches it that alarming
 words alone are no reason to refuse; without them the model learns "refuse anything scary"
-(METHOD.md measured 0.60 over-refusal for a refusal-heavy mix).
+(docs/method.md).
 """
 
 from __future__ import annotations

@@ -2,11 +2,11 @@
 
 The probe is a handful of harmful and benign prompts (disjoint from the evaluation suites), greedy
 replies of a few tokens, and the refusal judge. It exists because safety and over-refusal move
-together epoch by epoch under a one-example patch (METHOD.md: ASR 0.93/0.77/0.17 and over-refusal
-0.02/0.44/0.90 after 3/6/10 epochs), so *when to stop* has to be measured, not fixed in advance.
+together epoch by epoch under a one-example patch (docs/method.md), so *when to stop* has to be
+measured, not fixed in advance.
 
 Replies are short (24 tokens by default): the keyword judge only reads a reply's opening, and that
-is where a refusal shows. 32 prompts x 24 tokens cost ~3 s on two CPU cores.
+is where a refusal shows.
 """
 
 from __future__ import annotations
@@ -118,8 +118,8 @@ def split_by_kind(prompts: Sequence[Prompt], *, seed: int = 0) -> tuple[list[str
     """Two disjoint halves of ``prompts`` with the same mix of kinds (seeded).
 
     The patch trains its benign anchor on one half and probes over-refusal on the other: a probe
-    on prompts the anchor was fitted to would read low, as a probe on the aligned model's own
-    training prompts did (0.00-0.06 while the evaluation suite read 0.21-0.44).
+    on prompts the anchor was fitted to reads low, as one on the aligned model's own training
+    prompts did (docs/results.md).
     """
     by_kind: dict[str, list[str]] = {}
     for prompt in prompts:
