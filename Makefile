@@ -40,7 +40,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy app workers contracts safepatch tools
 	$(VENV)/bin/lint-imports --no-cache
-	$(PY) tools/check_import_cycles.py
+	$(PY) -m tools.check_import_cycles
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

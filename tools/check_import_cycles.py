@@ -1,8 +1,8 @@
 """Fail when the project's modules import each other in a cycle.
 
-    python tools/check_import_cycles.py        # part of `make lint`
+    python -m tools.check_import_cycles        # part of `make lint`, from the repository root
 
-Builds grimp's import graph of the four packages (every import counts: at module level, inside
+Builds grimp's import graph of our packages (every import counts: at module level, inside
 functions and under TYPE_CHECKING) and lists each strongly connected component of more than one
 module, i.e. each set of modules that reach one another through their imports. No exceptions:
 grimp records ``from workers import data`` as an import of ``workers.data``, not of
@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 
 import grimp
 
-PACKAGES = ("app", "contracts", "safepatch", "workers")
+PACKAGES = ("app", "bench", "contracts", "safepatch", "workers")
 
 
 def strongly_connected(graph: Mapping[str, Iterable[str]]) -> list[list[str]]:
