@@ -1,7 +1,7 @@
 """Remember the weights of the best epoch so far, and put them back at the end.
 
-Both the alignment (align.py) and the patch (patch/training.py) train for a few epochs, read a probe after
-each, and keep the epoch the probe liked best, which need not be the last.
+Both the alignment (align.py) and the patch (patch/training.py) train for a few epochs, read a
+probe after each, and keep the epoch the probe liked best, which need not be the last.
 """
 
 from __future__ import annotations
