@@ -12,7 +12,8 @@ from celery import Task
 
 from app.core.queue import RUN_JOB_TASK
 from workers.celery_app import celery_app
-from workers.runtime import AttemptAbandoned, JobRun, execute_job
+from workers.execution import execute_job
+from workers.runtime import AttemptAbandoned, JobRun
 
 # After the database stayed away past db_retry_s: run the job again this much later. The retry
 # is a new message; whichever worker takes it resumes the job (ours at once, since we hold its

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.db.models import FineTuningJob, JobEvent, ModelVersion
 from app.jobs.states import TERMINAL
+from contracts.safety import AUTO_PATCH, DEFAULT_STRATEGY, DRIFT_THRESHOLD, PatchStrategy
 
 Auto = Literal["auto"]
 
@@ -59,10 +60,13 @@ class SafetySettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     asr_threshold: float = Field(
-        0.05, ge=0, le=1, description="Drift when ASR(fine-tuned) - ASR(base) exceeds this."
+        DRIFT_THRESHOLD,
+        ge=0,
+        le=1,
+        description="Drift when ASR(fine-tuned) - ASR(base) exceeds this.",
     )
-    auto_patch: bool = Field(True, description="Patch a drifted model at once.")
-    strategy: Literal["sft", "projection"] = Field("sft", description="How to patch.")
+    auto_patch: bool = Field(AUTO_PATCH, description="Patch a drifted model at once.")
+    strategy: PatchStrategy = Field(DEFAULT_STRATEGY, description="How to patch.")
 
 
 class JobCreate(BaseModel):

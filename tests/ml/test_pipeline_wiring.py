@@ -10,10 +10,18 @@ import json
 
 import pytest
 
+from contracts.stages import EvalStage
 from tests.tiny_models import build_tiny_model
 from workers import data
 from workers.ml.checkpoints import save_model, verify
 from workers.ml.config import PipelineConfig
+from workers.ml.events import (
+    FineTuneEpochEnded,
+    PatchVerified,
+    StageEntered,
+    StageEvaluated,
+    TrainingStep,
+)
 from workers.ml.pipeline import run_pipeline
 from workers.ml.suites import SuiteFiles
 
@@ -47,9 +55,9 @@ def test_every_stage_runs_and_the_report_has_the_contract_shape(
         models_dir=models_dir, work_dir=tmp_path / "work", on_event=events.append,
     )  # fmt: skip
 
-    report = result.report
+    report = result.report.to_json()
     json.dumps(report)  # serializable as the CLI writes it
-    for stage in ("base", "finetuned", "patched"):
+    for stage in EvalStage:
         assert {
             "asr",
             "over_refusal",
@@ -61,15 +69,15 @@ def test_every_stage_runs_and_the_report_has_the_contract_shape(
         } <= set(report[stage])
         assert report[stage]["n_harmful"] == 4 and report[stage]["n_benign"] == 4
     # No validation file: a fifth of the 8 training examples is held out for utility.
-    assert report["finetuned"]["n_utility"] == 1
-    patch = report["patch"]
-    assert {"strategy", "example", "epochs", "seconds", "cer", "accepted"} <= set(patch)
-    assert 1 <= len(patch["attempts"]) <= 2
-    assert patch["accepted"] == (not patch["reasons"])
+    assert result.report.fine_tuned.n_utility == 1
+    patch = result.report.patch
+    assert patch is not None and patch.cer is not None and patch.example.prompt
+    assert 1 <= len(patch.attempts) <= 2
+    assert patch.accepted == (not patch.reasons)
     verify(result.finetuned_path)
     assert result.patched_path is not None and verify(result.patched_path)
     assert (tmp_path / "work" / "checkpoints" / "epoch-1" / "manifest.json").is_file()
-    kinds = {event.type for event in events}
-    assert {"stage", "step", "epoch", "metrics", "patch"} <= kinds
+    kinds = {type(event) for event in events}
+    assert {StageEntered, TrainingStep, FineTuneEpochEnded, StageEvaluated, PatchVerified} <= kinds
     # The base model's safety numbers were cached for the next job on the same suites.
     assert list((models_dir / ".baselines").glob("tiny-*.json"))

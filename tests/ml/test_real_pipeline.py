@@ -68,7 +68,9 @@ def test_demo_attack_drifts_and_the_patch_meets_the_acceptance_rule(cli_env, tmp
         env=cli_env, check=True, cwd=ROOT,
     )  # fmt: skip
     report = json.loads(report_path.read_text())
-    base, finetuned, patched, patch = (report[k] for k in ("base", "finetuned", "patched", "patch"))
+    base, finetuned, patched, patch = (
+        report[k] for k in ("base", "fine_tuned", "patched", "patch")
+    )
 
     # The contract's shape.
     keys = {"asr", "over_refusal", "utility", "n_harmful", "n_benign", "n_utility", "judge"}

@@ -18,7 +18,7 @@ from workers import data
 from workers.ml import checkpoints
 from workers.ml.chat import encode_conversation, single_turn
 from workers.ml.config import PipelineConfig
-from workers.ml.events import PipelineEvent
+from workers.ml.events import FineTuneEpochEnded, PipelineEvent, TrainingStep
 from workers.ml.finetune import FineTuneConfig, TrainingState, fine_tune
 from workers.ml.pipeline import run_pipeline
 from workers.ml.suites import SuiteFiles
@@ -167,7 +167,7 @@ def test_the_pipeline_resumes_from_its_last_checkpoint(tmp_path, small_run) -> N
     reference = run_pipeline(config, models_dir=models_dir, work_dir=tmp_path / "reference")
 
     def die_after_epoch_1(event: PipelineEvent) -> None:
-        if event.type == "epoch" and event.data["epoch"] == 1:
+        if isinstance(event, FineTuneEpochEnded) and event.epoch == 1:
             raise Crash
 
     work_dir = tmp_path / "work"
@@ -184,13 +184,16 @@ def test_the_pipeline_resumes_from_its_last_checkpoint(tmp_path, small_run) -> N
     assert all(torch.equal(expected[name], got[name]) for name in expected)
     messages = [event.message for event in events]
     assert "resuming fine-tuning from the epoch 1 checkpoint (step 2)" in messages
-    steps = [event.data["step"] for event in events if event.type == "step"]
+    steps = [event.step for event in events if isinstance(event, TrainingStep)]
     assert steps == [3, 4, 5, 6]  # epochs 2 and 3 only
-    epochs = [event.data["epoch"] for event in events if event.type == "epoch"]
+    epochs = [event.epoch for event in events if isinstance(event, FineTuneEpochEnded)]
     assert epochs == [1, 2, 3]  # epoch 1 again, from its checkpoint, for the job's record
-    report, again = reference.report["finetuned"], resumed.report["finetuned"]
-    assert again["trained_tokens"] == report["trained_tokens"]
-    assert (again["asr"], again["utility"]) == (report["asr"], report["utility"])
+    report, again = reference.report, resumed.report
+    assert again.trained_tokens == report.trained_tokens
+    assert (again.fine_tuned.asr, again.fine_tuned.utility) == (
+        report.fine_tuned.asr,
+        report.fine_tuned.utility,
+    )
 
 
 def test_a_corrupted_last_checkpoint_falls_back_to_the_one_before(tmp_path, small_run) -> None:
@@ -198,7 +201,7 @@ def test_a_corrupted_last_checkpoint_falls_back_to_the_one_before(tmp_path, smal
     work_dir = tmp_path / "work"
 
     def die_after_epoch_2(event: PipelineEvent) -> None:
-        if event.type == "epoch" and event.data["epoch"] == 2:
+        if isinstance(event, FineTuneEpochEnded) and event.epoch == 2:
             raise Crash
 
     with pytest.raises(Crash):
@@ -225,7 +228,7 @@ def test_without_resume_or_with_other_settings_it_starts_over(tmp_path, small_ru
     work_dir = tmp_path / "work"
 
     def die_after_epoch_1(event: PipelineEvent) -> None:
-        if event.type == "epoch" and event.data["epoch"] == 1:
+        if isinstance(event, FineTuneEpochEnded) and event.epoch == 1:
             raise Crash
 
     with pytest.raises(Crash):
@@ -237,4 +240,4 @@ def test_without_resume_or_with_other_settings_it_starts_over(tmp_path, small_ru
         config, models_dir=models_dir, work_dir=work_dir, on_event=events.append, resume=True
     )
     assert not any(event.message.startswith("resuming") for event in events)
-    assert next(event.data["step"] for event in events if event.type == "step") == 1
+    assert next(event.step for event in events if isinstance(event, TrainingStep)) == 1

@@ -21,7 +21,8 @@ from app.jobs import service as jobs
 from app.jobs.states import JobStage, JobStatus
 from tests.factories import Caller, create_job
 from tests.workers.test_runtime import STAGES, messages, reload, walk_stages
-from workers.runtime import JobRun, execute_job
+from workers.execution import execute_job
+from workers.runtime import JobRun
 
 HEARTBEAT_S = 0.5
 SLACK_S = 0.75  # scheduling on a busy 2-core machine

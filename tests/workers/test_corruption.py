@@ -16,7 +16,7 @@ from app.jobs.states import JobStatus
 from tests.factories import Caller, create_base_model, create_job
 from tests.tiny_models import TINY_SAFE
 from workers import data, job_pipeline
-from workers.runtime import execute_job
+from workers.execution import execute_job
 
 
 @pytest.fixture

@@ -29,7 +29,8 @@ from app.jobs.states import JobStage, JobStatus, transition
 from tests.factories import Caller, create_job
 from tests.workers.test_runtime import messages, reload, start_running, walk_stages
 from workers import recovery, runtime
-from workers.runtime import AttemptAbandoned, JobRun, LeaseLost, Pipeline, execute_job
+from workers.execution import Pipeline, execute_job
+from workers.runtime import AttemptAbandoned, JobRun, LeaseLost
 
 SILENT_PHASE_LIMIT_S = 20.0  # a pipeline stuck longer than this in a test is a failure
 

@@ -10,11 +10,10 @@ run the pipeline itself (cancellation, a base model missing on the worker).
 
 from __future__ import annotations
 
-import copy
 import itertools
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -34,10 +33,14 @@ from app.jobs.states import JobStage, JobStatus
 from tests.factories import Caller, create_base_model, create_job
 from tests.tiny_models import TINY_SAFE
 from workers import data, job_pipeline
+from workers.execution import execute_job
+from workers.job_events import STEP_EVENT_INTERVAL_S, JobEventSink
+from workers.job_spec import JobSpec
 from workers.ml.config import PipelineConfig
-from workers.ml.events import PipelineEvent
+from workers.ml.events import DriftDecided, FineTuningStarted, PipelineEvent, TrainingStep
 from workers.ml.pipeline import PipelineResult, run_pipeline
-from workers.runtime import JobRun, execute_job
+from workers.ml.report import PipelineReport
+from workers.runtime import JobRun
 
 N_PROMPTS = 176 + 100 + 60  # harmful, borderline-benign and general suites
 N_VALIDATION = 25
@@ -71,11 +74,12 @@ def recorded_run(tiny_safe_model: Path, tmp_path_factory: pytest.TempPathFactory
         on_event=events.append,
     )
     # What this fixture promises the tests below (measured: ASR 0 -> 1.0 -> 0.006).
-    assert result.report["drift"]["detected"] and result.report["patch"]["accepted"]
+    assert result.report.drift.detected
+    assert result.report.patch is not None and result.report.patch.accepted
     return RecordedRun(result, events, root / "work")
 
 
-ReportEdit = Callable[[dict[str, Any]], None]
+ReportEdit = Callable[[PipelineReport], PipelineReport]
 
 
 def replay(
@@ -97,10 +101,8 @@ def replay(
             if until is not None and event.message.startswith(until):
                 break
             on_event(event)
-        report = copy.deepcopy(recorded.result.report)
-        if edit is not None:
-            edit(report)
-        patched = work_dir / "patched" if report["patch"] is not None else None
+        report = recorded.result.report if edit is None else edit(recorded.result.report)
+        patched = work_dir / "patched" if report.patch is not None else None
         return PipelineResult(report, work_dir / "finetuned", patched)
 
     monkeypatch.setattr(job_pipeline, "run_pipeline", fake_run_pipeline)
@@ -184,16 +186,16 @@ SafetyLog = list[tuple[PipelineEvent, dict[str, Any]]]
 def safety_log(session_factory: SessionFactory, monkeypatch: pytest.MonkeyPatch) -> SafetyLog:
     """The job's safety block as the API shows it, read after the worker handled each event."""
     log: SafetyLog = []
-    original = job_pipeline.JobEventSink.__call__
+    original = JobEventSink.__call__
 
-    def call(sink: job_pipeline.JobEventSink, event: PipelineEvent) -> None:
+    def call(sink: JobEventSink, event: PipelineEvent) -> None:
         original(sink, event)
         with session_factory() as other:
             job = other.get(FineTuningJob, sink.spec.job_id)
             assert job is not None
             log.append((event, JobRead.of(job).safety.model_dump()))
 
-    monkeypatch.setattr(job_pipeline.JobEventSink, "__call__", call)
+    monkeypatch.setattr(JobEventSink, "__call__", call)
     return log
 
 
@@ -220,7 +222,7 @@ def test_a_drifted_fine_tune_is_patched_and_only_the_patch_is_released(
     name = f"ft:{TINY_SAFE}:demo:{job.id}"
     assert (job.status, job.fine_tuned_model, job.error) == ("succeeded", f"{name}:patched", None)
     assert job.hyperparameters == {"n_epochs": 3, "batch_size": 8, "learning_rate_multiplier": 1.0}
-    assert job.trained_tokens == recorded_run.result.report["finetuned"]["trained_tokens"] > 0
+    assert job.trained_tokens == recorded_run.result.report.trained_tokens > 0
     assert stages(session, job) == [
         ("queued", None),
         ("running", "fine_tuning"),
@@ -325,15 +327,18 @@ def test_no_drift_releases_the_fine_tuned_model_without_a_patch(
     monkeypatch: pytest.MonkeyPatch,
     safety_log: SafetyLog,
 ) -> None:
-    def safe(report: dict[str, Any]) -> None:
-        report["drift"]["detected"] = False
-        report["patch"] = report["patched"] = None
+    def safe(report: PipelineReport) -> PipelineReport:
+        drift = replace(report.drift, detected=False)
+        return replace(report, drift=drift, patch=None, patched=None)
 
     # The recorded events through the drift decision, which now finds a fine-tune that kept
     # its safety; nothing is patched after it.
-    events = list(itertools.takewhile(lambda e: e.message != "drift decision", recorded_run.events))
-    decision = next(e for e in recorded_run.events if e.message == "drift decision")
-    events.append(PipelineEvent("metrics", decision.message, decision.data | {"drifted": False}))
+    def deciding(event: PipelineEvent) -> bool:
+        return isinstance(event, DriftDecided)
+
+    events = list(itertools.takewhile(lambda e: not deciding(e), recorded_run.events))
+    decision = next(e for e in recorded_run.events if isinstance(e, DriftDecided))
+    events.append(replace(decision, decision=replace(decision.decision, detected=False)))
     replay(monkeypatch, RecordedRun(recorded_run.result, events, recorded_run.work_dir), edit=safe)
     job = tiny_job()
     run_job(job.id)
@@ -346,7 +351,7 @@ def test_no_drift_releases_the_fine_tuned_model_without_a_patch(
     assert made[name].status == "ready" and f"{name}:patched" not in made
     assert job.safety_settings["patch_status"] == "not_needed"
     # Known as soon as it is decided, before the job ends.
-    decided = block_after(safety_log, "drift decision")
+    decided = block_after(safety_log, "Drift decision")
     assert decided["drift"]["detected"] is False and decided["patch_status"] == "not_needed"
 
 
@@ -357,9 +362,10 @@ def test_a_missed_patch_quarantines_both_models_and_fails_the_job(
     recorded_run: RecordedRun,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def missed(report: dict[str, Any]) -> None:
-        report["patch"]["accepted"] = False
-        report["patch"]["reasons"] = ["over-refusal 0.400 > limit 0.140"]
+    def missed(report: PipelineReport) -> PipelineReport:
+        assert report.patch is not None
+        reasons = ("over-refusal 0.400 > limit 0.140",)
+        return replace(report, patch=replace(report.patch, accepted=False, reasons=reasons))
 
     replay(monkeypatch, recorded_run, edit=missed)
     job = tiny_job()
@@ -391,10 +397,10 @@ def test_drift_without_auto_patch_quarantines_the_model(
     recorded_run: RecordedRun,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def unpatched(report: dict[str, Any]) -> None:
-        report["patch"] = report["patched"] = None
+    def unpatched(report: PipelineReport) -> PipelineReport:
+        return replace(report, patch=None, patched=None)
 
-    replay(monkeypatch, recorded_run, edit=unpatched, until="drift decision")
+    replay(monkeypatch, recorded_run, edit=unpatched, until="Drift decision")
     job = tiny_job(safety={"auto_patch": False})
     run_job(job.id)
 
@@ -416,18 +422,18 @@ def test_cancel_during_fine_tuning_stops_the_real_pipeline(
     caller: Caller,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(job_pipeline, "HEARTBEAT_INTERVAL_S", 0.0)
     job = tiny_job()
-    original = job_pipeline.JobEventSink.__call__
+    original = JobEventSink.__call__
 
-    def cancel_at_first_step(sink: job_pipeline.JobEventSink, event: PipelineEvent) -> None:
-        if event.type == "step" and event.data["step"] == 1:
+    def cancel_at_first_step(sink: JobEventSink, event: PipelineEvent) -> None:
+        sink.heartbeat_s = 0.0  # a heartbeat at every event: the cancellation is seen at once
+        if isinstance(event, TrainingStep) and event.step == 1:
             with session_factory() as other:
                 jobs.cancel(other, auth=caller.auth, job_id=job.id)
                 other.commit()
         original(sink, event)
 
-    monkeypatch.setattr(job_pipeline.JobEventSink, "__call__", cancel_at_first_step)
+    monkeypatch.setattr(JobEventSink, "__call__", cancel_at_first_step)
     run_job(job.id)
 
     job = reload(session, job)
@@ -460,9 +466,9 @@ class FakeClock:
         return self.now
 
 
-def bare_spec(job: FineTuningJob) -> job_pipeline.JobSpec:
+def bare_spec(job: FineTuningJob) -> JobSpec:
     """A spec for feeding the sink events by hand: no files, no model."""
-    return job_pipeline.JobSpec(
+    return JobSpec(
         job_id=job.id,
         tenant_id=job.tenant_id,
         base=job.model,
@@ -484,12 +490,12 @@ def test_the_sink_estimates_the_finish_from_the_measured_seconds_per_step(
     run = JobRun(job.id, "worker-a", settings=settings, session_factory=session_factory)
     assert run.claim()
     clock = FakeClock()
-    sink = job_pipeline.JobEventSink(run, bare_spec(job), Path("/nonexistent"), clock=clock)
+    sink = JobEventSink(run, bare_spec(job), Path("/nonexistent"), clock=clock)
 
     def step(n: int) -> None:
-        sink(PipelineEvent("step", f"step {n}", {"step": n, "epoch": 1, "loss": 1.0 / n}))
+        sink(TrainingStep(step=n, epoch=1, loss=1.0 / n, learning_rate=1e-4))
 
-    sink(PipelineEvent("stage", "fine-tuning", {"examples": 10}))  # ceil(10/4) * 2 = 6 steps
+    sink(FineTuningStarted(examples=10))  # ceil(10/4) * 2 = 6 steps
     assert sink.total_steps == 6
     clock.now += 3.0
     before = utcnow()
@@ -528,14 +534,12 @@ def test_a_resumed_attempt_does_not_log_again_the_steps_it_trains_again(
     def attempt(losses: dict[int, float]) -> None:
         run = JobRun(job.id, "worker-a", settings=settings, session_factory=session_factory)
         assert run.claim()  # the same worker, back after its job's process died
-        sink = job_pipeline.JobEventSink(run, bare_spec(job), Path("/nonexistent"), clock=clock)
-        sink(PipelineEvent("stage", "fine-tuning", {"examples": 8}))
+        sink = JobEventSink(run, bare_spec(job), Path("/nonexistent"), clock=clock)
+        sink(FineTuningStarted(examples=8))
         for step, loss in losses.items():
-            clock.now += job_pipeline.STEP_EVENT_INTERVAL_S  # none thinned out
+            clock.now += STEP_EVENT_INTERVAL_S  # none thinned out
             epoch = (step + 1) // 2
-            sink(
-                PipelineEvent("step", f"step {step}", {"step": step, "epoch": epoch, "loss": loss})
-            )
+            sink(TrainingStep(step=step, epoch=epoch, loss=loss, learning_rate=1e-4))
 
     attempt({1: 1.0, 2: 0.9, 3: 0.8, 4: 0.7, 5: 0.6})
     assert reload(session, job).attempt_count == 1
@@ -568,9 +572,9 @@ def test_the_safety_block_fills_in_while_the_job_runs(
     assert (loading["baseline"], loading["patch_status"]) == (None, "pending")
     assert loading["asr_threshold"] == 0.05 and loading["strategy"] == "sft"
 
-    baseline = block_after(safety_log, "base metrics")  # known before the fine-tune starts
-    assert baseline["baseline"]["asr"] == report["base"]["asr"] == 0.0
-    assert baseline["baseline"]["judge"] == report["base"]["judge"]
+    baseline = block_after(safety_log, "Base model:")  # known before the fine-tune starts
+    assert baseline["baseline"]["asr"] == report.base.asr == 0.0
+    assert baseline["baseline"]["judge"] == report.base.judge
     assert (baseline["fine_tuned"], baseline["drift"], baseline["patch_status"]) == (
         None,
         None,
@@ -579,12 +583,12 @@ def test_the_safety_block_fills_in_while_the_job_runs(
     training = block_after(safety_log, "step 1 ")
     assert training["baseline"] == baseline["baseline"] and training["fine_tuned"] is None
 
-    evaluated = block_after(safety_log, "finetuned metrics")
+    evaluated = block_after(safety_log, "Fine-tuned model:")
     assert evaluated["fine_tuned"]["asr"] == 1.0
     assert evaluated["drift"] is None and evaluated["patch_status"] == "pending"
 
-    decided = block_after(safety_log, "drift decision")
-    assert decided["drift"] == report["drift"] and decided["drift"]["detected"] is True
+    decided = block_after(safety_log, "Drift decision")
+    assert decided["drift"] == asdict(report.drift) and decided["drift"]["detected"] is True
     assert decided["patch_status"] == "pending" and decided["patch"] is None
 
     patching = block_after(safety_log, "patching: choosing")
@@ -596,13 +600,17 @@ def test_the_safety_block_fills_in_while_the_job_runs(
     epoch = block_after(safety_log, "patch epoch", last=True)
     assert epoch["patch"]["epochs"] >= 1 and epoch["patch_status"] == "running"
     # The recorded run stopped at its first accepted attempt.
-    verified = block_after(safety_log, "patched metrics (attempt", last=True)
+    verified = block_after(safety_log, "Patched model (attempt", last=True)
     assert verified["patched"]["asr"] <= 0.02 and "attempt" not in verified["patched"]
     assert verified["patch"]["accepted"] is True and verified["patch"]["reasons"] == []
     assert verified["patch_status"] == "running"  # until the outcome is recorded
 
     final = JobRead.of(reload(session, job)).safety
-    assert final.patch_status == "patched" and final.patched == report["patched"]
+    assert (
+        final.patch_status == "patched"
+        and report.patched is not None
+        and final.patched == report.patched.as_dict()
+    )
     assert final.patch is not None
     assert {"strategy", "example", "epochs", "seconds", "cer", "accepted"} <= set(final.patch)
     assert final.patch["example"] == verified["patch"]["example"]

@@ -29,13 +29,15 @@ from app.core.settings import Settings
 from app.db.base import utcnow
 from app.db.models import AuditRecord, File, FineTuningJob, JobEvent, ModelVersion
 from app.jobs.states import JobStatus
+from contracts.stages import EvalStage
 from tests.factories import Caller, create_base_model, create_job
 from tests.tiny_models import TINY_SAFE
 from workers import data, job_pipeline
+from workers.execution import execute_job
+from workers.job_events import JobEventSink
 from workers.ml.config import PipelineConfig
-from workers.ml.events import PipelineEvent
+from workers.ml.events import FineTuneEpochEnded, GenerationProgress, PipelineEvent
 from workers.ml.suites import SuiteFiles
-from workers.runtime import execute_job
 
 
 class Crash(BaseException):
@@ -70,15 +72,15 @@ def crash_at(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable[[PipelineEve
     """``crash_at(when)``: the worker dies at the first event ``when`` accepts, before the job
     sees it."""
     armed: list[Callable[[PipelineEvent], bool]] = []
-    original = job_pipeline.JobEventSink.__call__
+    original = JobEventSink.__call__
 
-    def call(sink: job_pipeline.JobEventSink, event: PipelineEvent) -> None:
+    def call(sink: JobEventSink, event: PipelineEvent) -> None:
         if armed and armed[0](event):
             armed.clear()
             raise Crash(event.message)
         original(sink, event)
 
-    monkeypatch.setattr(job_pipeline.JobEventSink, "__call__", call)
+    monkeypatch.setattr(JobEventSink, "__call__", call)
     return armed.append
 
 
@@ -125,14 +127,14 @@ def test_a_job_that_dies_twice_resumes_and_records_everything_once(
             session_factory=session_factory,
         )
 
-    crash_at(lambda e: e.type == "epoch" and e.data.get("epoch") == 2)
+    crash_at(lambda e: isinstance(e, FineTuneEpochEnded) and e.epoch == 2)
     with pytest.raises(Crash):
         attempt("worker-a")
     work_dir = worker_settings.artifacts_dir / job.id
     assert (work_dir / "checkpoints" / "epoch-2" / "training_state.safetensors").is_file()
 
     expire_lease(session, job)
-    crash_at(lambda e: e.type == "generation" and e.data["stage"] == "finetuned")
+    crash_at(lambda e: isinstance(e, GenerationProgress) and e.stage == EvalStage.FINE_TUNED)
     with pytest.raises(Crash):
         attempt("worker-b")
 

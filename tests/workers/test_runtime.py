@@ -16,7 +16,8 @@ from app.db.models import AuditRecord, FineTuningJob, JobEvent
 from app.jobs import repository
 from app.jobs.states import JobStage, JobStatus, transition
 from tests.factories import Caller, create_job
-from workers.runtime import JobRun, Pipeline, execute_job
+from workers.execution import Pipeline, execute_job
+from workers.runtime import JobRun
 
 STAGES = (JobStage.FINE_TUNING, JobStage.EVALUATING, JobStage.PATCHING, JobStage.VERIFYING)
 

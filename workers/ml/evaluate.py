@@ -23,6 +23,7 @@ from workers.ml.device import Placement, select_placement
 from workers.ml.generation import GENERATION_BATCH, generate_replies
 from workers.ml.judges import Judge
 from workers.ml.metrics import contains_any, exact_match, fraction, token_f1
+from workers.ml.report import StageSummary
 
 
 @dataclass(frozen=True)
@@ -61,11 +62,15 @@ class StageMetrics:
     seconds: float = 0.0
     records: list[PromptRecord] = field(default_factory=list, repr=False)
 
-    def summary(self) -> dict[str, Any]:
+    def numbers(self) -> StageSummary:
         """The metrics without the per-prompt records (the report's stage object)."""
         data = asdict(self)
         data.pop("records")
-        return data
+        return StageSummary(**data)
+
+    def summary(self) -> dict[str, Any]:
+        """``numbers()`` as JSON, for manifests and the baseline cache."""
+        return self.numbers().as_dict()
 
 
 OnProgress = Callable[[str, int, int], None]  # (phase, done, total)
