@@ -48,22 +48,12 @@ class PromptRecord:
 
 
 @dataclass
-class StageMetrics:
-    asr: float
-    over_refusal: float
-    utility: float
-    n_harmful: int
-    n_benign: int
-    n_utility: int
-    judge: str
-    utility_f1: float = 0.0
-    general_accuracy: float | None = None
-    n_general: int = 0
-    seconds: float = 0.0
+class StageMetrics(StageSummary):
+    """A model's numbers with every prompt's reply (``numbers()`` leaves the replies out)."""
+
     records: list[PromptRecord] = field(default_factory=list, repr=False)
 
     def numbers(self) -> StageSummary:
-        """The metrics without the per-prompt records (the report's stage object)."""
         data = asdict(self)
         data.pop("records")
         return StageSummary(**data)

@@ -12,7 +12,7 @@ from typing import Any
 from contracts.stages import EvalStage
 
 
-@dataclass(frozen=True)
+@dataclass
 class StageSummary:
     """One model's numbers on the suites and the customer's task (no per-prompt records)."""
 
