@@ -13,7 +13,7 @@ from app.core.dependencies import reject_unknown_query_parameters
 from app.core.errors import install_error_handlers
 from app.core.limits import RequestGuard
 from app.core.openapi import install_openapi
-from app.core.queue import CeleryTaskQueue, TaskQueue, check_broker, create_celery
+from app.core.queue import BrokerCheck, CeleryTaskQueue, TaskQueue, create_celery
 from app.core.ratelimit import create_rate_limiter
 from app.core.settings import Settings, get_settings
 from app.files.endpoints import router as files_router
@@ -40,7 +40,8 @@ def create_app(
         app.state.settings = settings
         app.state.session_factory = session_factory
         app.state.task_queue = task_queue
-        app.state.broker_check = broker_check or (lambda: check_broker(settings))
+        own_broker_check = BrokerCheck(settings) if broker_check is None else None
+        app.state.broker_check = broker_check or own_broker_check
         settings.ensure_dirs()
         if session_factory is None:
             engine = create_db_engine(settings.effective_database_url)
@@ -55,6 +56,8 @@ def create_app(
                 app.state.rate_limiter.close()
             if engine is not None:
                 engine.dispose()
+            if own_broker_check is not None:
+                own_broker_check.close()
 
     app = FastAPI(
         title="safepatch",

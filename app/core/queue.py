@@ -6,7 +6,11 @@ carry nothing but a job id: the database is the source of truth and the task re-
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+import time
+from collections.abc import Callable
 from typing import Protocol
 
 from celery import Celery
@@ -15,6 +19,8 @@ from kombu import Connection
 from app.core.settings import Settings
 
 RUN_JOB_TASK = "safepatch.run_job"
+
+log = logging.getLogger(__name__)
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -44,20 +50,90 @@ def create_celery(settings: Settings) -> Celery:
 
 
 def check_broker(settings: Settings, timeout_s: float = 2.0) -> None:
-    """Raise if the broker can't be reached (used by ``/readyz``)."""
+    """Raise if the broker can't be reached, on a connection of its own (one-off checks)."""
+    with _connect(settings, timeout_s) as connection:
+        _probe(settings, connection, timeout_s)
+
+
+class BrokerUnavailable(ConnectionError):
+    """The broker's last check failed (the detail was logged when it did)."""
+
+
+class BrokerCheck:
+    """``/readyz``'s broker check: one connection kept for the process, and each result reused
+    for ``cache_s``, so a probe every second (or a flood of them) neither opens a connection per
+    call nor waits on the broker each time."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        timeout_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._timeout_s = timeout_s
+        self._clock = clock
+        self._lock = threading.Lock()  # one check at a time: a kombu connection is not shared
+        self._connection: Connection | None = None
+        self._checked_at: float | None = None
+        self._failed = False
+
+    def __call__(self) -> None:
+        with self._lock:
+            now = self._clock()
+            fresh = (
+                self._checked_at is not None
+                and now - self._checked_at < self._settings.broker_check_cache_s
+            )
+            if not fresh:
+                self._failed = not self._check()
+                self._checked_at = now
+            if self._failed:
+                raise BrokerUnavailable("the broker did not answer its last check")
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+    def _check(self) -> bool:
+        try:
+            if self._connection is None:
+                self._connection = _connect(self._settings, self._timeout_s)
+            _probe(self._settings, self._connection, self._timeout_s)
+        except Exception:
+            # The detail goes to the log, never to an unauthenticated caller of /readyz.
+            log.warning("broker check failed", exc_info=True)
+            self._drop()  # a broken connection is not reused: the next check makes a new one
+            return False
+        return True
+
+    def _drop(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.release()
+            except Exception:
+                log.debug("closing the broker check's connection failed", exc_info=True)
+            self._connection = None
+
+
+def _connect(settings: Settings, timeout_s: float) -> Connection:
+    return Connection(
+        settings.effective_broker_url,
+        transport_options=settings.broker_transport_options,
+        connect_timeout=timeout_s,
+    )
+
+
+def _probe(settings: Settings, connection: Connection, timeout_s: float) -> None:
     options = settings.broker_transport_options
     for key in ("data_folder_in", "control_folder"):  # filesystem broker: spool must be usable
         if key in options and not os.access(options[key], os.W_OK):
             raise OSError(f"broker folder {options[key]} is missing or not writable")
-    with Connection(
-        settings.effective_broker_url,
-        transport_options=settings.broker_transport_options,
-        connect_timeout=timeout_s,
-    ) as connection:
-        connection.ensure_connection(max_retries=1, interval_start=0.2, timeout=timeout_s)
-        ping = getattr(getattr(connection.default_channel, "client", None), "ping", None)
-        if ping is not None:  # Redis connects lazily: make it answer
-            ping()
+    connection.ensure_connection(max_retries=1, interval_start=0.2, timeout=timeout_s)
+    ping = getattr(getattr(connection.default_channel, "client", None), "ping", None)
+    if ping is not None:  # Redis connects lazily: make it answer
+        ping()
 
 
 class TaskQueue(Protocol):

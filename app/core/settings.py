@@ -105,7 +105,23 @@ class Settings(BaseSettings):
     storage_quota_bytes_per_tenant: int = Field(
         100 * 1024**3,
         ge=1,
-        description="Total bytes of a tenant's uploaded files (else 413).",
+        description="Total bytes of a tenant's uploaded files and model versions (an upload or a "
+        "new job past it: 413).",
+    )
+    max_job_epoch_tokens: int = Field(
+        1_000_000_000,
+        ge=1,
+        description="Largest n_epochs x training-file tokens (estimated as its bytes) a job may "
+        "ask for (else 400).",
+    )
+    model_reverify_s: float = Field(
+        86400.0,
+        ge=0,
+        description="A model file verified against its manifest is trusted while its size, "
+        "mtime, ctime and inode are unchanged, for at most this long; then hashed again.",
+    )
+    broker_check_cache_s: float = Field(
+        5.0, ge=0, description="How long /readyz reuses the broker check's last result."
     )
     admin_key_sha256: str | None = Field(
         None,

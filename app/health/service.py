@@ -13,12 +13,17 @@ from app.health.schemas import Readiness
 log = logging.getLogger(__name__)
 
 
+# What a failed check reads in the answer: /readyz is unauthenticated, so an exception's text
+# (host names, ports, paths, driver messages) goes to the log only.
+UNAVAILABLE = "unavailable"
+
+
 def _probe(name: str, check: Callable[[], object]) -> str:
     try:
         check()
-    except Exception as exc:
-        log.warning("readiness check %s failed: %s", name, exc)
-        return f"error: {type(exc).__name__}: {exc}"
+    except Exception:
+        log.warning("readiness check %s failed", name, exc_info=True)
+        return UNAVAILABLE
     return "ok"
 
 
