@@ -10,7 +10,10 @@ from app.core.settings import Settings, get_settings
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in ("DATA_DIR", "DATABASE_URL", "BROKER_URL", "RESULT_BACKEND", "ENV", "QUEUE"):
+    for name in (
+        *("DATA_DIR", "DATABASE_URL", "DATABASE_APP_ROLE", "BROKER_URL", "RESULT_BACKEND"),
+        *("ENV", "QUEUE", "RATE_LIMIT_REDIS_URL", "JOB_LEASE_S"),
+    ):
         monkeypatch.delenv(f"SAFEPATCH_{name}", raising=False)
     monkeypatch.chdir(tmp_path)  # no stray .env, and ./data resolves inside tmp_path
 
@@ -103,3 +106,83 @@ def test_the_defaults_satisfy_both_rules() -> None:
     settings = Settings()
     assert settings.broker_visibility_timeout_s > settings.job_lease_s
     assert settings.job_heartbeat_s * 3 <= settings.job_lease_s
+
+
+PROD_DATABASE = "postgresql+psycopg://app:s3cr3t-Xy9@db/safepatch"
+PROD_BROKER = "redis://:an0ther-secret@r:6379/0"
+
+
+@pytest.mark.parametrize(
+    ("urls", "problem"),
+    [
+        ({"database_url": "postgresql+psycopg://app@db/safepatch"}, "database_url .* no password"),
+        ({"database_url": "postgresql+psycopg://db/safepatch"}, "database_url .* no password"),
+        ({"database_url": "sqlite:////srv/safepatch.db"}, "database_url .* is SQLite"),
+        ({"broker_url": "redis://r:6379/0"}, "broker_url redis://r:6379/0 has no password"),
+        ({"broker_url": "rediss://user@r:6380/0"}, "broker_url .* has no password"),
+        ({"rate_limit_redis_url": "redis://r:6379/1"}, "rate_limit_redis_url .* no password"),
+        ({"result_backend": "redis://r:6379/2"}, "result_backend .* no password"),
+        ({"result_backend": "redis://:changeme@r:6379/2"}, "result_backend .* default password"),
+    ],
+)
+def test_prod_refuses_servers_without_a_password(urls: dict[str, str], problem: str) -> None:
+    # Anything on the database's or Redis's network could otherwise connect.
+    settings = {"database_url": PROD_DATABASE, "broker_url": PROD_BROKER} | urls
+    with pytest.raises(ValidationError, match=problem):
+        Settings(env="prod", **settings)
+    Settings(env="dev", **settings)  # a developer's local servers may run without one
+
+
+def test_prod_takes_passwords_for_every_redis_url() -> None:
+    settings = Settings(
+        env="prod",
+        database_url=PROD_DATABASE,
+        broker_url=PROD_BROKER,
+        rate_limit_redis_url="redis://limits:l1m1ts-pw@r:6379/1",
+        result_backend="rediss://:r3sults-pw@r:6380/2",
+    )
+    assert settings.hide_sql_parameters
+    assert not Settings().hide_sql_parameters
+
+
+@pytest.mark.parametrize(
+    "urls",
+    [
+        # A default password in the database URL, a missing one in the broker's: both errors
+        # name the URL without the other's secret.
+        {"database_url": "postgresql+psycopg://app:postgres@db/x", "broker_url": PROD_BROKER},
+        {"database_url": PROD_DATABASE, "broker_url": "redis://r:6379/0"},
+    ],
+)
+def test_settings_errors_do_not_print_passwords(
+    urls: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SAFEPATCH_ENV", "prod")
+    for name, value in urls.items():
+        monkeypatch.setenv(f"SAFEPATCH_{name.upper()}", value)
+    with pytest.raises(ValidationError) as raised:
+        Settings()
+    shown = str(raised.value) + repr(raised.value)
+    # pydantic shortens the input it prints from the middle: look for the passwords' tails too.
+    for secret in ("s3cr3t-Xy9", "an0ther-secret", "app:postgres@"):
+        assert secret[2:] not in shown
+
+
+def test_the_urls_are_masked_in_messages_and_left_out_of_repr() -> None:
+    with pytest.raises(ValidationError, match=r"postgresql\+psycopg://app:\*\*\*@db/x uses a"):
+        Settings(
+            env="prod",
+            database_url="postgresql+psycopg://app:postgres@db/x",
+            broker_url=PROD_BROKER,
+        )
+    settings = Settings(
+        database_url=PROD_DATABASE, broker_url=PROD_BROKER, rate_limit_redis_url=PROD_BROKER
+    )
+    assert "secret" not in repr(settings) and "s3cr3t" not in repr(settings)
+
+
+def test_the_application_role_is_a_plain_identifier() -> None:
+    assert Settings(database_app_role="safepatch_app").database_app_role == "safepatch_app"
+    assert Settings(database_app_role="").database_app_role is None
+    with pytest.raises(ValidationError, match="database_app_role"):
+        Settings(database_app_role='app"; DROP TABLE x; --')

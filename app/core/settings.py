@@ -14,22 +14,41 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.core.redact import mask_url
 from contracts.chat import DEFAULT_MAX_EXAMPLE_TOKENS, DEFAULT_MAX_EXAMPLES, DEFAULT_MAX_LINE_BYTES
 
 # Passwords that ship in docker-compose.yml and in examples; production must not run with them.
 DEFAULT_PASSWORDS = frozenset({"postgres", "safepatch", "password", "changeme"})
+REDIS_SCHEMES = ("redis", "rediss")
 
 
 class Settings(BaseSettings):
     """All runtime configuration; read once per process through ``get_settings()``."""
 
-    model_config = SettingsConfigDict(env_prefix="SAFEPATCH_", env_file=".env", extra="ignore")
+    # hide_input_in_errors: a validation error would print every input, the URLs' passwords
+    # included; our own messages name the field and show its URL masked (mask_url).
+    model_config = SettingsConfigDict(
+        env_prefix="SAFEPATCH_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     env: Literal["dev", "prod"] = Field("dev", description="prod fails fast on unsafe defaults.")
     data_dir: Path = Field(Path("data"), description="Database, broker spool, models, artifacts.")
-    database_url: str | None = Field(None, description="SQLAlchemy URL; unset = SQLite file.")
-    broker_url: str | None = Field(None, description="Celery broker; unset = filesystem broker.")
-    result_backend: str | None = Field(None, description="Celery results; job state lives in SQL.")
+    # The URLs carry passwords: left out of repr(settings).
+    database_url: str | None = Field(
+        None, repr=False, description="SQLAlchemy URL; unset = SQLite file."
+    )
+    database_app_role: str | None = Field(
+        None,
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="PostgreSQL role the API and workers connect as; `safepatch db upgrade`, "
+        "run as the tables' owner, grants it what they need and nothing more (app.db.grants).",
+    )
+    broker_url: str | None = Field(
+        None, repr=False, description="Celery broker; unset = filesystem broker."
+    )
+    result_backend: str | None = Field(
+        None, repr=False, description="Celery results; job state lives in SQL."
+    )
     queue: str = Field("gpu", description="Celery queue the GPU workers consume.")
     log_level: str = Field("INFO", description="Root log level.")
     host: str = Field("127.0.0.1", description="Default bind address of `safepatch serve`.")
@@ -89,8 +108,15 @@ class Settings(BaseSettings):
         "many (else 429 with Retry-After); 0 turns the limit off.",
     )
     rate_limit_window_s: float = Field(60.0, gt=0, description="The rate limit's window.")
+    client_rate_limit_requests: int = Field(
+        1200,
+        ge=0,
+        description="Requests one client address may make per rate_limit_window_s, counted "
+        "before its API key is checked (else 429 with Retry-After); 0 turns it off.",
+    )
     rate_limit_redis_url: str | None = Field(
         None,
+        repr=False,
         description="Redis that holds the counts, shared by every API process; unset: the "
         "broker if it is Redis, else in process memory (one API process, embedded mode).",
     )
@@ -132,6 +158,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "database_url",
+        "database_app_role",
         "broker_url",
         "result_backend",
         "admin_key_sha256",
@@ -181,10 +208,10 @@ class Settings(BaseSettings):
                 "env=prod needs SAFEPATCH_DATABASE_URL and SAFEPATCH_BROKER_URL "
                 "(the embedded SQLite + filesystem broker are single-host only)"
             )
-        for name, url in (("database_url", self.database_url), ("broker_url", self.broker_url)):
-            password = urlsplit(url).password
-            if password in DEFAULT_PASSWORDS:
-                raise ValueError(f"env=prod: {name} uses a default password; set a real secret")
+        for name, url in self._urls():
+            problem = _production_problem(name, url)
+            if problem is not None:
+                raise ValueError(f"env=prod: {name} {mask_url(url)} {problem}")
         if self.rate_limit_requests and self.effective_rate_limit_redis_url is None:
             raise ValueError(
                 "env=prod needs Redis for the rate limit (SAFEPATCH_RATE_LIMIT_REDIS_URL, or a "
@@ -192,6 +219,15 @@ class Settings(BaseSettings):
                 "by the number of processes"
             )
         return self
+
+    def _urls(self) -> list[tuple[str, str]]:
+        urls = {
+            "database_url": self.database_url,
+            "broker_url": self.broker_url,
+            "result_backend": self.result_backend,
+            "rate_limit_redis_url": self.rate_limit_redis_url,
+        }
+        return [(name, url) for name, url in urls.items() if url is not None]
 
     @property
     def embedded(self) -> bool:
@@ -213,6 +249,12 @@ class Settings(BaseSettings):
         if self.broker_url is not None and self.broker_url.startswith(("redis://", "rediss://")):
             return self.broker_url
         return None
+
+    @property
+    def hide_sql_parameters(self) -> bool:
+        """SQL parameters carry tenants' data (prompts, metadata, key hashes): in production a
+        database error logs the statement without them (SQLAlchemy's ``hide_parameters``)."""
+        return self.env == "prod"
 
     @property
     def broker_dir(self) -> Path:
@@ -250,6 +292,24 @@ class Settings(BaseSettings):
         if self.effective_broker_url.startswith("filesystem://"):
             for key in ("data_folder_in", "control_folder"):
                 Path(self.broker_transport_options[key]).mkdir(parents=True, exist_ok=True)
+
+
+def _production_problem(name: str, url: str) -> str | None:
+    """What makes ``url`` unfit for production, or None.
+
+    The database and Redis take connections from anything on their network, so each needs a
+    password, and not one that ships in examples."""
+    parts = urlsplit(url)
+    password = parts.password
+    if password in DEFAULT_PASSWORDS:
+        return "uses a default password; set a real secret"
+    if name == "database_url" and not password:
+        if parts.scheme.startswith("sqlite"):
+            return "is SQLite, which serves one host; use PostgreSQL"
+        return "has no password; connect with a role that needs one"
+    if parts.scheme in REDIS_SCHEMES and not password:
+        return "has no password; run Redis with requirepass (redis://:PASSWORD@host:6379/0)"
+    return None
 
 
 @lru_cache
