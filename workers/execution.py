@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable
 
 from app.core.db import SessionFactory, get_session_factory, is_database_unavailable
+from app.core.errors import log_internal_error
 from app.core.settings import Settings, get_settings
 from app.jobs.states import JobStatus
 from workers.runtime import (
@@ -126,5 +127,6 @@ def execute_job(
             # Not the job's fault: keep the lease and the checkpoints, and run it again.
             log.error("job %s: database unavailable, abandoning this attempt: %s", job_id, exc)
             raise AttemptAbandoned(f"job {job_id}: database unavailable") from exc
-        log.exception("job %s failed", job_id)
-        run.fail(code="internal_error", message=f"{type(exc).__name__}: {exc}")
+        # The tenant reads a reference; the exception (paths, hosts, SQL) stays in this log.
+        reference = log_internal_error(log, f"job {job_id} failed", exc)
+        run.fail(code="internal_error", message=f"internal error; reference {reference}")

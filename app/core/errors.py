@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from app.core.db import is_database_unavailable
+from app.core.ids import new_id
 
 log = logging.getLogger(__name__)
 
@@ -253,10 +254,20 @@ async def database_error_handler(request: Request, exc: Exception) -> JSONRespon
     )
 
 
+def log_internal_error(logger: logging.Logger, what: str, error: BaseException) -> str:
+    """Log ``error`` in full under a new reference, and return the reference: all that a client
+    or a tenant is shown of it. An exception's text may name files, hosts, SQL or another
+    tenant's data; the reference lets the operator find it in the server's log."""
+    reference = new_id("err", 16)
+    logger.error("%s (reference %s)", what, reference, exc_info=error)
+    return reference
+
+
 async def unhandled_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    body = error_body("The server had an error while processing your request.", "server_error")
-    return JSONResponse(body, status_code=500)
+    what = f"unhandled error on {request.method} {request.url.path}"
+    reference = log_internal_error(log, what, exc)
+    message = f"The server had an error while processing your request (reference {reference})."
+    return JSONResponse(error_body(message, "server_error"), status_code=500)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -93,3 +95,26 @@ def test_app_errors_and_crashes_render_the_same_way(app: FastAPI) -> None:
         assert crashed.status_code == 500
         assert error_of(crashed)["type"] == "server_error"
         assert "secret" not in crashed.text
+
+
+def test_a_crash_answers_a_reference_and_logs_the_detail_under_it(
+    app: FastAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    @app.get("/test/crash")
+    def crash() -> None:
+        raise RuntimeError("could not open /srv/data/files/org-other/file-x.jsonl")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        crashed = client.get("/test/crash")
+    message = str(error_of(crashed)["message"])
+    found = re.fullmatch(
+        r"The server had an error while processing your request \(reference (err-\w{16})\)\.",
+        message,
+    )
+    assert found is not None, message
+    assert "/srv/data" not in crashed.text
+    # The operator finds the detail in the log by the reference the client quotes.
+    logged = [r for r in caplog.records if found[1] in r.getMessage()]
+    assert len(logged) == 1
+    assert "GET /test/crash" in logged[0].getMessage()
+    assert logged[0].exc_info is not None and "/srv/data/files" in str(logged[0].exc_info[1])

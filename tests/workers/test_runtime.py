@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Protocol
 
@@ -60,6 +61,11 @@ def reload(session: Session, job: FineTuningJob) -> FineTuningJob:
 
 def messages(session: Session, job: FineTuningJob) -> list[str]:
     statement = select(JobEvent.message).where(JobEvent.job_id == job.id).order_by(JobEvent.seq)
+    return list(session.scalars(statement))
+
+
+def audit_payloads(session: Session, job: FineTuningJob) -> list[dict[str, object]]:
+    statement = select(AuditRecord.payload).where(AuditRecord.subject_id == job.id)
     return list(session.scalars(statement))
 
 
@@ -144,35 +150,42 @@ def test_a_job_cancelled_before_a_worker_took_it_is_not_started(
     assert reload(session, job).started_at is None
 
 
-def test_a_crashing_pipeline_fails_the_job_with_its_error(
-    session: Session, caller: Caller, run_job: RunJob
+def test_a_crashing_pipeline_fails_the_job_with_a_reference_to_its_error(
+    session: Session, caller: Caller, run_job: RunJob, caplog: pytest.LogCaptureFixture
 ) -> None:
     job = create_job(session, caller)
 
     def pipeline(run: JobRun) -> None:
         run.enter_stage(JobStage.EVALUATING, "Evaluating")
-        raise RuntimeError("CUDA out of memory")
+        raise RuntimeError("CUDA out of memory at /srv/data/artifacts/x on host gpu-7")
 
     run_job(job.id, pipeline=pipeline)
     job = reload(session, job)
     assert job.status == JobStatus.FAILED
-    assert job.error == {
-        "code": "internal_error",
-        "message": "RuntimeError: CUDA out of memory",
-        "param": None,
-    }
+    assert job.error is not None
+    # The tenant reads a stable message and a reference; the detail is in the server's log only.
+    reference = job.error["message"].removeprefix("internal error; reference ")
+    assert job.error == {"code": "internal_error", "message": job.error["message"], "param": None}
+    assert re.fullmatch(r"err-[A-Za-z0-9]{16}", reference)
     assert state_audit(session, job)[-1] == ("failed", None)
+    tenant_visible = " ".join(messages(session, job)) + str(audit_payloads(session, job))
+    assert reference in tenant_visible
+    assert "CUDA" not in tenant_visible and "/srv/data" not in tenant_visible
+    logged = [r for r in caplog.records if reference in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None
+    assert "CUDA out of memory at /srv/data/artifacts/x" in str(logged[0].exc_info[1])
 
 
 def test_a_pipeline_that_skips_evaluation_cannot_succeed(
-    session: Session, caller: Caller, run_job: RunJob
+    session: Session, caller: Caller, run_job: RunJob, caplog: pytest.LogCaptureFixture
 ) -> None:
     job = create_job(session, caller)
     run_job(job.id, pipeline=lambda run: None)
     job = reload(session, job)
     assert job.status == JobStatus.FAILED
     assert job.error is not None
-    assert "cannot go from running (fine_tuning) to succeeded" in job.error["message"]
+    assert job.error["code"] == "internal_error"
+    assert "cannot go from running (fine_tuning) to succeeded" in caplog.text
 
 
 def test_pipeline_writes_its_own_events_and_audit_records(
