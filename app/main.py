@@ -8,13 +8,14 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from app.audit.endpoints import router as audit_router
+from app.auth.refused_keys import Flusher, RefusedKeyLog
 from app.core.db import SessionFactory, create_db_engine, create_session_factory
 from app.core.dependencies import reject_unknown_query_parameters
 from app.core.errors import install_error_handlers
 from app.core.limits import RequestGuard
 from app.core.openapi import install_openapi
 from app.core.queue import BrokerCheck, CeleryTaskQueue, TaskQueue, create_celery
-from app.core.ratelimit import create_rate_limiter
+from app.core.ratelimit import create_client_rate_limiter, create_rate_limiter
 from app.core.settings import Settings, get_settings
 from app.files.endpoints import router as files_router
 from app.files.service import upload_body_limit
@@ -49,11 +50,20 @@ def create_app(
         if task_queue is None:
             app.state.task_queue = CeleryTaskQueue(create_celery(settings), settings.queue)
         app.state.rate_limiter = create_rate_limiter(settings)
+        app.state.client_rate_limiter = create_client_rate_limiter(settings)
+        app.state.refused_keys = RefusedKeyLog()
+        flusher = Flusher(app.state.refused_keys, app.state.session_factory)
+        # A session factory handed in (tests) is bound to one connection, which a thread must
+        # not share: those flush at shutdown only (and tests flush when they need to).
+        if engine is not None:
+            flusher.start()
         try:
             yield
         finally:
-            if app.state.rate_limiter is not None:
-                app.state.rate_limiter.close()
+            flusher.stop()
+            for limiter in (app.state.rate_limiter, app.state.client_rate_limiter):
+                if limiter is not None:
+                    limiter.close()
             if engine is not None:
                 engine.dispose()
             if own_broker_check is not None:

@@ -24,18 +24,41 @@ def _bearer_token(request: Request) -> str:
     return token
 
 
+def _client_address(request: Request) -> str | None:
+    return request.client.host if request.client is not None else None
+
+
+def check_client_rate(request: Request) -> None:
+    """Count the request against its client address's limit, before its key is looked up: a
+    client flooding bad keys is refused (429) without a database query."""
+    _bearer_token(request)  # no key at all: the 401 at once, which costs nothing to answer
+    address = _client_address(request) or "unknown"
+    ratelimit.check(
+        request.app.state.client_rate_limiter,
+        address,
+        who=f"your address ({address}) before authentication",
+    )
+
+
 def get_auth(request: Request, session: SessionDep) -> AuthContext:
-    """Authenticate ``Authorization: Bearer sp-...`` and count the request against the
-    tenant's rate limit."""
-    client = request.client.host if request.client is not None else None
-    auth = service.authenticate(session, token=_bearer_token(request), client=client)
+    """Authenticate ``Authorization: Bearer sp-...``, counting the request against its client
+    address's limit first and its tenant's limit after."""
+    check_client_rate(request)
+    auth = service.authenticate(
+        session,
+        token=_bearer_token(request),
+        refused=request.app.state.refused_keys,
+        client=_client_address(request),
+    )
     # Counted per tenant, after authentication: a refused key costs no tenant its budget.
     ratelimit.check(request.app.state.rate_limiter, auth.tenant.id)
     return auth
 
 
 def get_admin(request: Request, settings: SettingsDep) -> AdminContext:
-    """Authenticate the operator's ``Authorization: Bearer spa-...``."""
+    """Authenticate the operator's ``Authorization: Bearer spa-...`` (after the per-address
+    limit, as for tenants' keys)."""
+    check_client_rate(request)
     return service.authenticate_admin(
         _bearer_token(request), admin_key_sha256=settings.admin_key_sha256
     )

@@ -8,8 +8,10 @@ SHA-256 is configured (``SAFEPATCH_ADMIN_KEY_SHA256``), so whoever can read or w
 still cannot mint one. It opens the admin endpoints (audit verification) and nothing else.
 
 Key uses of note are audited: creation, revocation, and a refused key that looks like one of ours
-(unknown or revoked). Tokens of another shape are refused without a record, so noise does not
-fill the trail; the full token is never recorded, only its display prefix.
+(unknown or revoked), counted per prefix and minute (``app.auth.refused_keys``) so that callers
+without a key cannot write to the chain at will. Tokens of another shape are refused without a
+record, so noise does not fill the trail; the full token is never recorded, only its display
+prefix.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from sqlalchemy.orm import Session
 from app.audit import service as audit
 from app.auth import repository
 from app.auth.context import AdminContext, AuthContext
+from app.auth.refused_keys import RefusedKeyLog
 from app.core.errors import AuthenticationFailed, Conflict, NotFound, PermissionDenied
 from app.core.ids import random_token
 from app.db.base import utcnow
@@ -33,7 +36,6 @@ ADMIN_KEY_PREFIX = "spa-"
 KEY_RANDOM_LENGTH = 48
 DISPLAY_PREFIX_LENGTH = 8  # "sp-" + 5 characters: enough to tell a tenant's keys apart
 WELL_FORMED_KEY = re.compile(rf"{KEY_PREFIX}[A-Za-z0-9]{{{KEY_RANDOM_LENGTH}}}")
-ANONYMOUS = "anonymous"
 
 
 def hash_key(key: str) -> str:
@@ -105,14 +107,22 @@ def revoke_api_key(session: Session, *, key_id: str, actor: str) -> APIKey:
     return api_key
 
 
-def authenticate(session: Session, *, token: str, client: str | None = None) -> AuthContext:
-    """The caller owning ``token``, or ``AuthenticationFailed``; ``client`` (its address) goes
-    into the audit record of a refused key."""
+def authenticate(
+    session: Session, *, token: str, refused: RefusedKeyLog, client: str | None = None
+) -> AuthContext:
+    """The caller owning ``token``, or ``AuthenticationFailed``. A refused key that looks like
+    one of ours is counted in ``refused``, with ``client`` (its address); nothing is written."""
     found = repository.get_key_with_tenant(session, hash_key(token))
     if found is None or found[0].revoked_at is not None:
         shown = token[:DISPLAY_PREFIX_LENGTH] + "*" * 4 if token.startswith(KEY_PREFIX) else "***"
         if WELL_FORMED_KEY.fullmatch(token):
-            _record_refused_key(session, token, found[0] if found else None, client)
+            revoked = found[0] if found else None
+            refused.add(
+                prefix=token[:DISPLAY_PREFIX_LENGTH],
+                client=client,
+                api_key_id=revoked.id if revoked is not None else None,
+                tenant_id=revoked.tenant_id if revoked is not None else None,
+            )
         raise AuthenticationFailed(f"Incorrect API key provided: {shown}.")
     api_key, tenant = found
     return AuthContext(tenant=tenant, api_key=api_key)
@@ -135,28 +145,3 @@ def authenticate_admin(token: str, *, admin_key_sha256: str | None) -> AdminCont
     if admin_key_sha256 is None or not hmac.compare_digest(hash_key(token), admin_key_sha256):
         raise AuthenticationFailed("Incorrect admin key provided.")
     return AdminContext()
-
-
-def _record_refused_key(
-    session: Session, token: str, api_key: APIKey | None, client: str | None
-) -> None:
-    """A revoked key still in use, or a guess at one: both are worth an auditor's look."""
-    prefix = token[:DISPLAY_PREFIX_LENGTH]
-    audit.record(
-        session,
-        action="api_key.authentication_failed",
-        subject_type="api_key",
-        # A revoked key is named by its id (its tenant sees the record); an unknown one only
-        # by the prefix it showed, in the operator's part of the trail (no tenant).
-        subject_id=api_key.id if api_key is not None else prefix,
-        actor=ANONYMOUS,
-        tenant_id=api_key.tenant_id if api_key is not None else None,
-        payload={
-            "reason": "revoked_key" if api_key is not None else "unknown_key",
-            "prefix": prefix,
-            "client": client,
-        },
-    )
-    # The request fails and its transaction is rolled back; the record must outlive it. Only the
-    # record is in this transaction: authentication runs before anything else is written.
-    session.commit()

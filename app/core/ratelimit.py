@@ -1,4 +1,5 @@
-"""Per-tenant request rate limit: GCRA, in Redis when there is one, else in this process.
+"""Request rate limits: per tenant, and per client address before authentication. GCRA, in
+Redis when there is one, else in this process.
 
 GCRA (the generic cell rate algorithm) keeps one number per tenant, the theoretical arrival time
 (TAT) of its next request. ``limit`` requests per ``window_s`` means one request every
@@ -15,10 +16,17 @@ serve``) and has no Redis, so the same arithmetic runs in memory under a lock. A
 would also be shared, but it would add a write to every request, and on SQLite every write
 takes the one database lock the worker needs.
 
-If Redis is unreachable the request is let through (and logged): the limit protects the
-service from a flood, it must not take the API down with Redis (jobs need only the database).
-After a failure the limiter does not ask Redis again for a second, so a Redis that hangs costs
-one request a timeout per second, not every request.
+The per-address limit is the same limiter under its own key prefix. It is checked before the
+key is looked up, so a client that floods bad keys is refused without a database query; it counts
+every request that presents a key, so it must stay above what one tenant may send
+(``client_rate_limit_requests``, twice the tenant's limit by default).
+
+If Redis is unreachable the limiter falls back to counting in this process (and logs it): the
+limit still holds per API process (at most N times the limit with N processes), so a flood is
+still refused, while the API stays up without Redis (jobs need only the database). Failing open
+would hand a flood the whole service exactly when Redis is down; failing closed would take every
+tenant down with Redis. After a failure the limiter does not ask Redis again for a second, so a
+Redis that hangs costs one request a timeout per second, not every request.
 """
 
 from __future__ import annotations
@@ -60,16 +68,17 @@ class RateLimiter(Protocol):
     def close(self) -> None: ...
 
 
-def check(limiter: RateLimiter | None, tenant_id: str) -> None:
-    """Count one request of the tenant; ``RateLimited`` (429, Retry-After) past its limit."""
+def check(limiter: RateLimiter | None, key: str, *, who: str = "your organization") -> None:
+    """Count one request under ``key`` (a tenant, or a client address); ``RateLimited`` (429,
+    Retry-After) past its limit. ``who`` names the key in the message."""
     if limiter is None:
         return
-    decision = limiter.hit(tenant_id)
+    decision = limiter.hit(key)
     if not decision.allowed:
         wait_s = max(1, math.ceil(decision.retry_after_s))  # Retry-After is whole seconds
         raise RateLimited(
             f"Rate limit reached for requests: {limiter.limit} per {limiter.window_s:g} s for "
-            f"your organization. Please try again in {wait_s} s.",
+            f"{who}. Please try again in {wait_s} s.",
             retry_after_s=wait_s,
         )
 
@@ -133,7 +142,7 @@ return {1, new_tat - now}
 
 
 class RedisRateLimiter:
-    """GCRA in Redis, shared by every API process; fails open when Redis is away."""
+    """GCRA in Redis, shared by every API process; counts in this process while Redis is away."""
 
     def __init__(self, url: str, *, limit: int, window_s: float, key_prefix: str) -> None:
         self.limit = limit
@@ -146,11 +155,12 @@ class RedisRateLimiter:
         )
         self._script = self._client.register_script(_GCRA_SCRIPT)
         self._retry_at = 0.0  # monotonic time before which Redis is not asked
+        # While Redis is away: the same limit, counted in this process.
+        self._fallback = LocalRateLimiter(limit, window_s)
 
     def hit(self, key: str) -> Decision:
-        unchecked = Decision(allowed=True, remaining=0, retry_after_s=0.0)
         if time.monotonic() < self._retry_at:
-            return unchecked
+            return self._fallback.hit(key)
         try:
             allowed, ahead_us = self._script(
                 keys=[self._prefix + key], args=[self._interval_us, self._window_us]
@@ -158,9 +168,11 @@ class RedisRateLimiter:
         except redis.RedisError as error:
             self._retry_at = time.monotonic() + REDIS_BACKOFF_S
             log.warning(
-                "rate limit not checked for %.0f s, Redis unavailable: %s", REDIS_BACKOFF_S, error
+                "rate limit counted in this process for %.0f s, Redis unavailable: %s",
+                REDIS_BACKOFF_S,
+                error,
             )
-            return unchecked
+            return self._fallback.hit(key)
         return _decision(
             ahead_us / 1e6, bool(allowed), interval=self._interval_us / 1e6, window=self.window_s
         )
@@ -177,16 +189,31 @@ def _decision(ahead_s: float, allowed: bool, *, interval: float, window: float) 
     return Decision(False, 0, max(0.0, ahead_s + interval - window))
 
 
-def create_rate_limiter(settings: Settings) -> RateLimiter | None:
-    """Redis when a Redis URL is configured, else in memory; None when the limit is off."""
-    if settings.rate_limit_requests == 0:
+# Under the tenants' prefix; tenant ids ("org-...") never start with it.
+CLIENT_KEY_PREFIX = "client:"
+
+
+def _create(settings: Settings, limit: int, key_prefix: str) -> RateLimiter | None:
+    if limit == 0:
         return None
     url = settings.effective_rate_limit_redis_url
     if url is None:
-        return LocalRateLimiter(settings.rate_limit_requests, settings.rate_limit_window_s)
+        return LocalRateLimiter(limit, settings.rate_limit_window_s)
     return RedisRateLimiter(
-        url,
-        limit=settings.rate_limit_requests,
-        window_s=settings.rate_limit_window_s,
-        key_prefix=settings.rate_limit_key_prefix,
+        url, limit=limit, window_s=settings.rate_limit_window_s, key_prefix=key_prefix
+    )
+
+
+def create_rate_limiter(settings: Settings) -> RateLimiter | None:
+    """The per-tenant limit: Redis when a Redis URL is configured, else in memory; None when
+    the limit is off."""
+    return _create(settings, settings.rate_limit_requests, settings.rate_limit_key_prefix)
+
+
+def create_client_rate_limiter(settings: Settings) -> RateLimiter | None:
+    """The per-address limit, checked before authentication; as ``create_rate_limiter``."""
+    return _create(
+        settings,
+        settings.client_rate_limit_requests,
+        settings.rate_limit_key_prefix + CLIENT_KEY_PREFIX,
     )

@@ -212,7 +212,8 @@ class Settings(BaseSettings):
             problem = _production_problem(name, url)
             if problem is not None:
                 raise ValueError(f"env=prod: {name} {mask_url(url)} {problem}")
-        if self.rate_limit_requests and self.effective_rate_limit_redis_url is None:
+        limited = self.rate_limit_requests or self.client_rate_limit_requests
+        if limited and self.effective_rate_limit_redis_url is None:
             raise ValueError(
                 "env=prod needs Redis for the rate limit (SAFEPATCH_RATE_LIMIT_REDIS_URL, or a "
                 "redis:// broker): counted in each API process, the limit would be multiplied "

@@ -1,14 +1,17 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.auth import service
+from app.auth.refused_keys import RefusedKeyLog
 from app.auth.service import hash_key
+from app.core.db import SessionFactory
 from app.core.errors import Conflict, NotFound
 from app.db.base import utcnow
 from app.db.models import AuditRecord
@@ -124,31 +127,66 @@ def test_revoking_a_key_is_audited_once_and_the_key_is_refused(
         service.revoke_api_key(session, key_id="key-missing", actor="cli:admin")
 
 
+def flush(client: TestClient, session_factory: SessionFactory) -> int:
+    """Write the refused keys counted so far (the app's thread does it once a minute ends)."""
+    refused: RefusedKeyLog = client.app.state.refused_keys  # type: ignore[attr-defined]
+    return refused.flush(session_factory, everything=True)
+
+
 def test_an_unknown_well_formed_key_is_audited_without_the_key(
-    client: TestClient, session: Session
+    client: TestClient, session: Session, session_factory: SessionFactory
 ) -> None:
     secret = "sp-" + "Q" * 48
     response = client.get(JOBS, headers={"Authorization": f"Bearer {secret}"})
 
     assert response.status_code == 401
+    assert flush(client, session_factory) == 1
     [record] = key_records(session, "api_key.authentication_failed")
     assert (record.subject_type, record.subject_id) == ("api_key", "sp-QQQQQ")
     assert (record.actor, record.tenant_id) == ("anonymous", None)
-    assert record.payload == {"reason": "unknown_key", "prefix": "sp-QQQQQ", "client": "testclient"}
+    minute = record.payload.pop("minute")
+    assert record.payload == {
+        "reason": "unknown_key",
+        "prefix": "sp-QQQQQ",
+        "count": 1,
+        "clients": ["testclient"],
+    }
+    assert datetime.fromisoformat(minute).second == 0
     assert secret not in str(record.payload) and hash_key(secret) not in str(record.payload)
 
 
+def test_a_flood_of_unknown_keys_writes_no_chain_record_per_attempt(
+    client: TestClient, session: Session, session_factory: SessionFactory
+) -> None:
+    """Each refused key only adds to a count: the chain gets one record per prefix and minute,
+    written by the flush, not one per attempt from whoever sends them."""
+    before = session.scalar(select(func.count()).select_from(AuditRecord))
+    for i in range(30):
+        key = "sp-" + ("A" if i % 2 else "B") * 5 + f"{i:02d}" + "x" * 41
+        assert client.get(JOBS, headers={"Authorization": f"Bearer {key}"}).status_code == 401
+    assert session.scalar(select(func.count()).select_from(AuditRecord)) == before
+
+    assert flush(client, session_factory) == 2
+    records = key_records(session, "api_key.authentication_failed")
+    assert sorted((r.subject_id, r.payload["count"]) for r in records) == [
+        ("sp-AAAAA", 15),
+        ("sp-BBBBB", 15),
+    ]
+
+
 def test_a_revoked_key_in_use_is_audited_for_its_tenant(
-    client: TestClient, caller: Caller, session: Session
+    client: TestClient, caller: Caller, session: Session, session_factory: SessionFactory
 ) -> None:
     _, other_key = service.create_api_key(session, tenant=caller.auth.tenant, actor="test")
     service.revoke_api_key(session, key_id=caller.auth.api_key.id, actor="test")
     session.commit()
 
-    assert client.get(JOBS, headers=caller.headers).status_code == 401
+    for _ in range(3):
+        assert client.get(JOBS, headers=caller.headers).status_code == 401
+    assert flush(client, session_factory) == 1
     [record] = key_records(session, "api_key.authentication_failed")
     assert (record.subject_id, record.tenant_id) == (caller.auth.api_key.id, caller.auth.tenant.id)
-    assert record.payload["reason"] == "revoked_key"
+    assert (record.payload["reason"], record.payload["count"]) == ("revoked_key", 3)
     # The tenant reads it in its own trail, with a key that still works.
     trail = client.get(
         "/v1/audit",
@@ -166,7 +204,7 @@ def test_tokens_of_another_shape_are_refused_without_a_record(
     client: TestClient, session: Session, token: str
 ) -> None:
     assert client.get(JOBS, headers={"Authorization": f"Bearer {token}"}).status_code == 401
-    assert key_records(session, "api_key.authentication_failed") == []
+    assert client.app.state.refused_keys.pending() == 0  # type: ignore[attr-defined]
 
 
 def test_a_successful_call_writes_no_key_record(

@@ -35,10 +35,13 @@ def key_prefix() -> Iterator[str]:
     client.close()
 
 
-def limited(tmp_path: Path, redis_url: str | None, key_prefix: str) -> Settings:
+def limited(
+    tmp_path: Path, redis_url: str | None, key_prefix: str, client_limit: int = 0
+) -> Settings:
     return make_settings(
         tmp_path,
         rate_limit_requests=LIMIT,
+        client_rate_limit_requests=client_limit,
         rate_limit_window_s=60,
         rate_limit_redis_url=redis_url,
         rate_limit_key_prefix=key_prefix,
@@ -113,3 +116,53 @@ def test_two_api_processes_share_the_budget_through_redis(
             for i in range(LIMIT + 1)
         ]
     assert statuses == [200] * LIMIT + [429]
+
+
+CLIENT_LIMIT = 5
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_a_client_flooding_bad_keys_is_refused_before_they_are_looked_up(
+    tmp_path: Path, key_prefix: str, session_factory: SessionFactory, caller: Caller, kind: str
+) -> None:
+    """Past its address's limit a client gets the tenant limit's 429 (Retry-After, the same
+    body), before authentication: its keys are no longer looked up or counted as refused. A
+    tenant calling from another address keeps its whole budget."""
+    redis_url = RATE_LIMIT_REDIS_URL if kind == "redis" else None
+    settings = limited(tmp_path, redis_url, key_prefix, client_limit=CLIENT_LIMIT)
+    app = create_app(settings, session_factory=session_factory, task_queue=RecordingQueue())
+    bad = {"Authorization": "Bearer sp-" + "Z" * 48}
+    with (
+        TestClient(app, client=("203.0.113.9", 1000)) as attacker,
+        TestClient(app, client=("198.51.100.7", 1000)) as tenant,
+    ):
+        statuses = [attacker.get(JOBS, headers=bad).status_code for _ in range(CLIENT_LIMIT + 3)]
+        refused = attacker.get(JOBS, headers=bad)
+        tenant_statuses = [tenant.get(JOBS, headers=caller.headers).status_code for _ in range(3)]
+        counted = app.state.refused_keys.pending()
+
+    assert statuses == [401] * CLIENT_LIMIT + [429] * 3
+    assert counted == CLIENT_LIMIT  # the refused ones never reached the key lookup
+    assert 1 <= int(refused.headers["retry-after"]) <= 60 / CLIENT_LIMIT
+    assert refused.json() == {
+        "error": {
+            "message": f"Rate limit reached for requests: {CLIENT_LIMIT} per 60 s for your "
+            "address (203.0.113.9) before authentication. Please try again in "
+            f"{refused.headers['retry-after']} s.",
+            "type": "requests",
+            "param": None,
+            "code": "rate_limit_exceeded",
+        }
+    }
+    assert tenant_statuses == [200] * LIMIT
+
+
+def test_the_admin_key_is_limited_per_address_too(
+    tmp_path: Path, key_prefix: str, session_factory: SessionFactory
+) -> None:
+    settings = limited(tmp_path, None, key_prefix, client_limit=2)
+    app = create_app(settings, session_factory=session_factory, task_queue=RecordingQueue())
+    guess = {"Authorization": "Bearer spa-" + "Z" * 48}
+    with TestClient(app) as client:
+        statuses = [client.get("/v1/audit/verify", headers=guess).status_code for _ in range(3)]
+    assert statuses == [401, 401, 429]

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -13,6 +15,7 @@ import pytest
 import redis
 
 from app.core.ratelimit import (
+    REDIS_BACKOFF_S,
     REDIS_TIMEOUT_S,
     LocalRateLimiter,
     RateLimiter,
@@ -108,14 +111,72 @@ def test_a_key_expires_once_its_budget_is_whole_again(key_prefix: str) -> None:
     assert 0 < ttl_ms <= 200  # one interval: after it, the tenant has its whole burst back
 
 
-def test_redis_away_lets_requests_through_at_once(caplog: pytest.LogCaptureFixture) -> None:
+def test_redis_away_still_limits_in_this_process(caplog: pytest.LogCaptureFixture) -> None:
+    """An unreachable Redis (nothing listens on port 1) must not open the gate: the limit is
+    counted in this process meanwhile, and answers at once."""
     limiter = RedisRateLimiter(
-        "redis://127.0.0.1:1/0", limit=1, window_s=60, key_prefix="safepatch-test:"
+        "redis://127.0.0.1:1/0", limit=2, window_s=60, key_prefix="safepatch-test:"
     )
     started = time.monotonic()
-    assert all(limiter.hit("org-a").allowed for _ in range(3))
+    assert [limiter.hit("org-a").allowed for _ in range(4)] == [True, True, False, False]
+    assert limiter.hit("org-b").allowed  # per key, as in Redis
     assert time.monotonic() - started < 1.0
-    assert "rate limit not checked for 1 s, Redis unavailable" in caplog.text
+    assert "rate limit counted in this process for 1 s, Redis unavailable" in caplog.text
+
+
+def test_a_stopped_redis_falls_back_and_comes_back(key_prefix: str) -> None:
+    """A real Redis that stops (a server started for the test, then shut down): the limiter
+    keeps refusing past the limit from memory, and uses Redis again once it is back."""
+    server = RedisServer()
+    try:
+        url = f"redis://127.0.0.1:{server.port}/0"
+        limiter = RedisRateLimiter(url, limit=3, window_s=60, key_prefix=key_prefix)
+        assert limiter.hit("org-a").allowed  # counted in Redis
+        server.stop()
+        assert [limiter.hit("org-b").allowed for _ in range(4)] == [True] * 3 + [False]
+        server.start()
+        time.sleep(REDIS_BACKOFF_S + 0.1)
+        # The restarted server lost its counts (no persistence): a whole burst, in Redis again.
+        assert [limiter.hit("org-a").allowed for _ in range(4)] == [True] * 3 + [False]
+        assert redis.Redis(port=server.port).exists(f"{key_prefix}org-a")
+        limiter.close()
+    finally:
+        server.stop()
+
+
+class RedisServer:
+    """A throwaway ``redis-server`` on a free port, with no persistence."""
+
+    def __init__(self) -> None:
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("redis-server is not installed")
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
 
 
 def test_a_redis_that_does_not_answer_costs_one_timeout_a_second() -> None:
@@ -125,7 +186,7 @@ def test_a_redis_that_does_not_answer_costs_one_timeout_a_second() -> None:
     try:
         port = silent.getsockname()[1]
         limiter = RedisRateLimiter(
-            f"redis://127.0.0.1:{port}/0", limit=1, window_s=60, key_prefix="safepatch-test:"
+            f"redis://127.0.0.1:{port}/0", limit=100, window_s=60, key_prefix="safepatch-test:"
         )
         timings = []
         for _ in range(20):
@@ -153,5 +214,13 @@ def test_production_refuses_a_limit_counted_per_process() -> None:
     urls = {"database_url": "postgresql+psycopg://app:s3cret@db/safepatch"}
     with pytest.raises(ValueError, match="needs Redis for the rate limit"):
         Settings(env="prod", broker_url="amqp://app:s3cret@rabbit//", **urls)
-    Settings(env="prod", broker_url="amqp://app:s3cret@rabbit//", rate_limit_requests=0, **urls)
+    with pytest.raises(ValueError, match="needs Redis for the rate limit"):  # per address too
+        Settings(env="prod", broker_url="amqp://app:s3cret@rabbit//", rate_limit_requests=0, **urls)
+    Settings(
+        env="prod",
+        broker_url="amqp://app:s3cret@rabbit//",
+        rate_limit_requests=0,
+        client_rate_limit_requests=0,
+        **urls,
+    )
     Settings(env="prod", broker_url="redis://:s3cret@redis:6379/0", **urls)
