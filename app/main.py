@@ -45,7 +45,9 @@ def create_app(
         app.state.broker_check = broker_check or own_broker_check
         settings.ensure_dirs()
         if session_factory is None:
-            engine = create_db_engine(settings.effective_database_url)
+            engine = create_db_engine(
+                settings.effective_database_url, hide_parameters=settings.hide_sql_parameters
+            )
             app.state.session_factory = create_session_factory(engine)
         if task_queue is None:
             app.state.task_queue = CeleryTaskQueue(create_celery(settings), settings.queue)

@@ -43,6 +43,7 @@ from app.core.db import (
     run_after_commit,
     session_scope,
 )
+from app.core.redact import relative_paths, relative_paths_in
 from app.core.settings import Settings, get_settings
 from app.db.base import utcnow
 from app.db.models import FineTuningJob, JobEvent
@@ -221,6 +222,10 @@ class JobRun:
         repeats the work the dead attempt did after its last checkpoint, not its log.
         """
         retried = False
+        # Tenants read the log: a server path (a checkpoint that did not verify) is named
+        # relative to the data directory.
+        message = relative_paths(message, self.settings.data_dir)
+        data = relative_paths_in(data, self.settings.data_dir)
 
         def append() -> None:
             nonlocal retried
@@ -251,6 +256,7 @@ class JobRun:
 
     def fail(self, *, code: str, message: str) -> None:
         """Record a failure (idempotent: does nothing if the job is no longer ours)."""
+        message = relative_paths(message, self.settings.data_dir)  # tenants read it, see event
 
         def record() -> None:
             with self._transaction() as (session, job):

@@ -27,12 +27,19 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 _AFTER_COMMIT_KEY = "safepatch.after_commit"
 
 
-def create_db_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets the pragmas and BEGIN handling described above."""
-    if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
+def create_db_engine(url: str, *, hide_parameters: bool = False) -> Engine:
+    """An engine for ``url``; SQLite gets the pragmas and BEGIN handling described above.
 
-    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    ``hide_parameters``: errors (and their log lines) show the statement without its values,
+    which hold tenants' data (``Settings.hide_sql_parameters``, on in production)."""
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True, hide_parameters=hide_parameters)
+
+    engine = create_engine(
+        url,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+        hide_parameters=hide_parameters,
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -83,7 +90,9 @@ def get_engine(settings: Settings | None = None) -> Engine:
     if _engine is None:
         settings = settings or get_settings()
         settings.ensure_dirs()
-        _engine = create_db_engine(settings.effective_database_url)
+        _engine = create_db_engine(
+            settings.effective_database_url, hide_parameters=settings.hide_sql_parameters
+        )
         _engine_pid = os.getpid()
         _session_factory = create_session_factory(_engine)
     return _engine

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 MASK = "***"
@@ -51,3 +52,14 @@ def relative_paths(text: str, root: Path) -> str:
     # The root itself becomes "."; "/srv/data2" is another directory and stays as it is.
     pattern = re.compile(re.escape(prefix) + r"(?:/|(?![\w-]|\.\w))")
     return pattern.sub(lambda m: "" if m[0].endswith("/") else ".", text)
+
+
+def relative_paths_in(value: Any, root: Path) -> Any:
+    """``relative_paths`` over the strings of a JSON-like value (an event's data)."""
+    if isinstance(value, str):
+        return relative_paths(value, root)
+    if isinstance(value, dict):
+        return {key: relative_paths_in(item, root) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [relative_paths_in(item, root) for item in value]
+    return value

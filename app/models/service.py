@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from app.audit import service as audit
 from app.auth.context import AuthContext
 from app.core.errors import AppError, NotFound, PermissionDenied
+from app.core.redact import relative_paths
 from app.db.models import BaseModelRecord, ModelStatus, ModelVersion
 from app.models import repository
 from contracts.manifest import MANIFEST, CorruptCheckpointError, ManifestEntry, entries, verify_file
@@ -105,7 +106,8 @@ def open_file(
             subject_id=version.name,
             actor=auth.actor,
             tenant_id=version.tenant_id,
-            payload={"file": filename, "detail": str(error)},
+            # Tenants read the trail: the file's name, not the server's path to it.
+            payload={"file": filename, "detail": relative_paths(str(error), directory)},
         )
         session.commit()  # the evidence outlives the error response
         raise CorruptModelFile(
