@@ -12,13 +12,12 @@ from typing import Literal
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
-from app.auth import repository as auth_repository
 from app.auth.context import AuthContext
 from app.core.db import after_commit
 from app.core.errors import InvalidRequest, NotFound, PayloadTooLarge
 from app.core.settings import Settings
 from app.db.models import File, FileStatus
-from app.files import repository
+from app.files import quota, repository
 from contracts.chat import validate_chat_bytes
 from contracts.jsonl import DatasetError
 
@@ -92,20 +91,12 @@ def _validate(settings: Settings, filename: str, data: bytes) -> int:
 def _check_storage_quota(
     session: Session, auth: AuthContext, settings: Settings, size: int
 ) -> None:
-    """413 when the file would take the tenant's files past its storage quota. Checked after
-    validation, so the tenant's row (locked until the file is committed, as for jobs) is not
-    held while a large file is read."""
-    auth_repository.lock_tenant(session, auth.tenant.id)
-    used = repository.total_bytes(session, auth.tenant.id)
-    quota = settings.storage_quota_bytes_per_tenant
-    if used + size > quota:
-        raise PayloadTooLarge(
-            f"Storage quota exceeded: your organization's files take {used} bytes and this one "
-            f"{size}, over the quota of {quota} bytes. Delete files you no longer need "
-            "(DELETE /v1/files/{id}), then upload again.",
-            param="file",
-            code="storage_quota_exceeded",
-        )
+    """413 when the file would take the tenant's files and models past its storage quota.
+    Checked after validation, so the tenant's row (locked until the file is committed, as for
+    jobs) is not held while a large file is read."""
+    quota.check_upload(
+        session, auth.tenant.id, quota=settings.storage_quota_bytes_per_tenant, size=size
+    )
 
 
 def create(

@@ -47,13 +47,16 @@ def create_job(
     settings: SettingsDep,
 ) -> JobRead:
     """Create a fine-tuning job; it is queued for a GPU worker. 429 while the tenant has
-    ``SAFEPATCH_MAX_ACTIVE_JOBS_PER_TENANT`` unfinished jobs."""
+    ``SAFEPATCH_MAX_ACTIVE_JOBS_PER_TENANT`` unfinished jobs; 413 once its files and models fill
+    its storage quota; 400 ``job_too_large`` past ``SAFEPATCH_MAX_JOB_EPOCH_TOKENS``."""
     job = service.create(
         session,
         auth=auth,
         job_create=job_create,
         queue=queue,
         max_active_jobs=settings.max_active_jobs_per_tenant,
+        max_epoch_tokens=settings.max_job_epoch_tokens,
+        storage_quota_bytes=settings.storage_quota_bytes_per_tenant,
     )
     return JobRead.of(job)
 

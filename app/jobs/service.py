@@ -16,12 +16,17 @@ from app.auth.context import AuthContext
 from app.core.db import after_commit
 from app.core.errors import InvalidRequest, NotFound, QuotaExceeded
 from app.core.queue import TaskQueue
-from app.db.models import FineTuningJob, JobEvent, ModelKind, ModelVersion
+from app.db.models import File, FineTuningJob, JobEvent, ModelKind, ModelVersion
+from app.files import quota
 from app.files import repository as files_repository
 from app.jobs import repository
 from app.jobs.schemas import Hyperparameters, JobCreate
 from app.jobs.states import JobStage, JobStatus, transition
 from app.models import repository as models_repository
+
+# What "n_epochs": "auto" resolves to (the worker's workers.job_spec.AUTO_HYPERPARAMETERS; a test
+# keeps the two equal), so an "auto" job is sized as it will run.
+AUTO_N_EPOCHS = 3
 
 
 def add_event(
@@ -79,7 +84,7 @@ def change_state(
     )
 
 
-def _check_file(session: Session, auth: AuthContext, file_id: str, *, param: str) -> None:
+def _check_file(session: Session, auth: AuthContext, file_id: str, *, param: str) -> File:
     """The file exists for this tenant and was uploaded for fine-tuning (else 400, as OpenAI)."""
     file = files_repository.get_for_tenant(session, auth.tenant.id, file_id)
     if file is None:
@@ -90,6 +95,7 @@ def _check_file(session: Session, auth: AuthContext, file_id: str, *, param: str
             param=param,
             code="invalid_file_purpose",
         )
+    return file
 
 
 def _check_model(session: Session, model: str) -> None:
@@ -131,6 +137,29 @@ def _hyperparameters(job_create: JobCreate) -> Hyperparameters:
     return top or nested or Hyperparameters()
 
 
+def _check_job_size(
+    hyperparameters: Hyperparameters, training_file: File, *, max_epoch_tokens: int
+) -> None:
+    """400 when ``n_epochs`` passes over the training file would train on more tokens than one
+    job may: the GPU time a job takes is bounded at creation, not found out at its end.
+
+    A file's tokens are estimated as its bytes: each token of a byte-level BPE tokenizer covers
+    at least one byte of text, and the JSON around the text outweighs the chat template's
+    markers (contracts.chat.example_token_bound), so the estimate errs high, about four times
+    the real count for English."""
+    n_epochs = AUTO_N_EPOCHS if hyperparameters.n_epochs == "auto" else hyperparameters.n_epochs
+    tokens = n_epochs * training_file.bytes
+    if tokens > max_epoch_tokens:
+        raise InvalidRequest(
+            f"This job is too large: hyperparameters.n_epochs ({n_epochs}) x the tokens of "
+            f"training_file {training_file.id} (about {training_file.bytes}, one per byte) is "
+            f"{tokens}, over the limit of {max_epoch_tokens} tokens per job. Use fewer epochs "
+            "or a smaller training file.",
+            param="hyperparameters.n_epochs",
+            code="job_too_large",
+        )
+
+
 def _check_active_jobs(session: Session, auth: AuthContext, *, max_active: int) -> None:
     """429 once the tenant has ``max_active`` unfinished jobs: one tenant must not fill the GPU
     queue for everyone. The tenant's row stays locked until the new job is committed, so two
@@ -153,15 +182,24 @@ def create(
     job_create: JobCreate,
     queue: TaskQueue,
     max_active_jobs: int,
+    max_epoch_tokens: int | None = None,
+    storage_quota_bytes: int | None = None,
 ) -> FineTuningJob:
-    """Create a job and enqueue it once the request's transaction has committed."""
+    """Create a job and enqueue it once the request's transaction has committed.
+
+    The API passes every limit from its settings; a limit left ``None`` is not checked (the
+    operator's own tools and tests that build jobs directly)."""
     hyperparameters = _hyperparameters(job_create)
     _check_model(session, job_create.model)
     _check_metadata(job_create.metadata)
-    _check_file(session, auth, job_create.training_file, param="training_file")
+    training_file = _check_file(session, auth, job_create.training_file, param="training_file")
     if job_create.validation_file is not None:
         _check_file(session, auth, job_create.validation_file, param="validation_file")
+    if max_epoch_tokens is not None:
+        _check_job_size(hyperparameters, training_file, max_epoch_tokens=max_epoch_tokens)
     _check_active_jobs(session, auth, max_active=max_active_jobs)
+    if storage_quota_bytes is not None:
+        quota.check_new_job(session, auth.tenant.id, quota=storage_quota_bytes)
     job = FineTuningJob(
         tenant_id=auth.tenant.id,
         model=job_create.model,

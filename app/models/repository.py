@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.db.models import BaseModelRecord, ModelVersion
@@ -41,3 +41,9 @@ def list_versions_for_tenant(
         statement = statement.where(ModelVersion.kind == kind)
     order = (ModelVersion.created_at.desc(), ModelVersion.id.desc())
     return session.scalars(statement.order_by(*order)).all()
+
+
+def total_bytes(session: Session, tenant_id: str) -> int:
+    """What the tenant's model versions take on disk (checkpoints, fine-tuned and patched)."""
+    statement = select(func.sum(ModelVersion.size_bytes)).where(ModelVersion.tenant_id == tenant_id)
+    return int(session.scalar(statement) or 0)

@@ -41,9 +41,10 @@ def test_an_upload_past_the_quota_is_a_413_and_nothing_is_stored(
     status, body = upload(client, caller, content(2))
     assert status == 413
     assert body["error"] == {
-        "message": f"Storage quota exceeded: your organization's files take {used} bytes and "
-        f"this one {len(content(2))}, over the quota of {QUOTA} bytes. Delete files you no "
-        "longer need (DELETE /v1/files/{id}), then upload again.",
+        "message": "Storage quota exceeded: your organization's files and models take "
+        f"{used} bytes (files {used}, models 0) and this file {len(content(2))}, over the "
+        f"quota of {QUOTA} bytes. Delete files you no longer need (DELETE /v1/files/{{id}}), "
+        "then upload again.",
         "type": "invalid_request_error",
         "param": "file",
         "code": "storage_quota_exceeded",
