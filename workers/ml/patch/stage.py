@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -18,9 +19,9 @@ from contracts.chat import Conversation
 from contracts.prompts import load_prompts
 from contracts.safety import PatchStrategy
 from workers import data
-from workers.ml.acceptance import Verdict, judge_patch
+from workers.ml.acceptance import Verdict, excess, judge_patch
 from workers.ml.chat import ChatMessage
-from workers.ml.config import PatchConfig, PatchStageConfig, PipelineConfig
+from workers.ml.config import AcceptanceRule, PatchConfig, PatchStageConfig, PipelineConfig
 from workers.ml.device import Placement
 from workers.ml.evaluate import EvalSuite, StageMetrics, evaluate
 from workers.ml.events import (
@@ -72,13 +73,9 @@ class _Attempt:
     metrics: StageMetrics
     verdict: Verdict
 
-    def miss(self, base: StageMetrics, finetuned: StageMetrics) -> float:
-        """How far the attempt is from the rule (0 when accepted), for choosing the best miss."""
-        return (
-            max(0.0, self.metrics.asr - base.asr)
-            + max(0.0, self.metrics.over_refusal - base.over_refusal)
-            + max(0.0, finetuned.utility - self.metrics.utility)
-        )
+    def miss(self, base: StageMetrics, finetuned: StageMetrics, rule: AcceptanceRule) -> float:
+        """How far the attempt is past the rule's limits, slacks included (0 when accepted)."""
+        return excess(base, finetuned, self.metrics, rule).total
 
     def summary(self) -> AttemptSummary:
         return AttemptSummary(
@@ -252,7 +249,7 @@ def patch_until_accepted(
         if verdict.accepted:
             break
 
-    best = min(attempts, key=lambda a: a.miss(base_metrics, finetuned_metrics))
+    best = best_attempt(attempts, base_metrics, finetuned_metrics, config.rule)
     result = best.result
     report = PatchReport(
         strategy=result.strategy,
@@ -277,6 +274,18 @@ def patch_until_accepted(
         total_seconds=time.perf_counter() - started,
     )
     return PatchOutcome(model=best.model, metrics=best.metrics, report=report)
+
+
+def best_attempt(
+    attempts: Sequence[_Attempt],
+    base: StageMetrics,
+    finetuned: StageMetrics,
+    rule: AcceptanceRule,
+) -> _Attempt:
+    """The attempt to report and keep: the one past the rule's limits by the least, the earliest
+    of equal ones. An accepted attempt is past none (0) and a rejected one past at least one, by
+    more than the rule's tolerance, so an accepted attempt is always the one chosen."""
+    return min(attempts, key=lambda attempt: attempt.miss(base, finetuned, rule))
 
 
 def _ranked(selection: Selection, example_id: str) -> RankedCandidate:
