@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Form, Query, UploadFile
-from fastapi import File as FormFile
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
 from app.auth.dependencies import AuthDep
 from app.core.dependencies import FormDep, SessionDep, SettingsDep
@@ -12,6 +13,7 @@ from app.core.openapi import TENANT_ERRORS, binary_responses, error_responses
 from app.files import service
 from app.files.schemas import FileDeleted, FileList, FileRead
 from app.files.service import PURPOSES
+from app.files.upload import receive_upload
 
 router = APIRouter(prefix="/v1/files", tags=["files"], responses=TENANT_ERRORS)
 NOT_FOUND = error_responses(404)
@@ -22,31 +24,62 @@ Order = Annotated[
 ]
 
 
-@router.post("", response_model=FileRead, responses=error_responses(413, 415))
-def upload_file(
-    file: Annotated[UploadFile, FormFile(description="Chat JSONL, one example per line.")],
-    # Checked by the service, which names the purposes it takes; the enum documents them.
-    purpose: Annotated[
-        str, Form(description="Only 'fine-tune'.", json_schema_extra={"enum": list(PURPOSES)})
-    ],
-    auth: AuthDep,
-    _form: FormDep,
-    session: SessionDep,
-    settings: SettingsDep,
+# The form is read by the endpoint (app.files.upload), after authentication, so FastAPI does not
+# know it: it is documented here as FastAPI would document File and Form parameters.
+UPLOAD_FORM = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "title": "Upload",
+                    "required": ["file", "purpose"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "contentMediaType": "application/octet-stream",
+                            "description": "Chat JSONL, one example per line.",
+                        },
+                        "purpose": {
+                            "type": "string",
+                            "enum": list(PURPOSES),
+                            "description": "Only 'fine-tune'.",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    response_model=FileRead,
+    responses=error_responses(400, 413, 415),
+    openapi_extra=UPLOAD_FORM,
+)
+async def upload_file(
+    request: Request, auth: AuthDep, _form: FormDep, session: SessionDep, settings: SettingsDep
 ) -> FileRead:
     """Upload a fine-tuning dataset; it is validated line by line before it is stored.
 
-    A body over ``SAFEPATCH_MAX_UPLOAD_BYTES`` is refused (413) before it is read
-    (``app.core.limits``)."""
-    data = file.file.read()
-    stored = service.create(
-        session,
-        auth=auth,
-        settings=settings,
-        filename=file.filename or "upload.jsonl",
-        purpose=purpose,
-        data=data,
+    The key is checked before the body is read: the dependencies need only the headers. A body
+    over ``SAFEPATCH_MAX_UPLOAD_BYTES`` is refused (413) before it is read when its
+    Content-Length says so (``app.core.limits``), else as soon as the file passes the limit."""
+    # Authentication's read ends here, so no transaction stays open while the body streams in;
+    # the service opens the next one once the file is on disk and valid.
+    await run_in_threadpool(session.commit)
+    upload = await receive_upload(
+        request, spool_dir=settings.files_dir, max_file_bytes=settings.max_upload_bytes
     )
+    try:
+        stored = await run_in_threadpool(
+            functools.partial(service.create, session, auth=auth, settings=settings, upload=upload)
+        )
+    finally:
+        upload.path.unlink(missing_ok=True)  # still there unless it was moved into the store
     return FileRead.of(stored)
 
 

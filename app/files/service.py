@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -18,6 +16,7 @@ from app.core.errors import InvalidRequest, NotFound, PayloadTooLarge
 from app.core.settings import Settings
 from app.db.models import File, FileStatus
 from app.files import quota, repository
+from app.files.upload import ReceivedUpload
 from contracts.chat import validate_chat_bytes
 from contracts.jsonl import DatasetError
 
@@ -35,21 +34,6 @@ def upload_body_limit(settings: Settings) -> int:
 def blob_path(settings: Settings, sha256: str) -> Path:
     """Where content with this hash lives: ``files/ab/abcdef…`` (two-level fan-out)."""
     return settings.files_dir / sha256[:2] / sha256
-
-
-def _store(path: Path, data: bytes) -> None:
-    """Write atomically (temp file + rename); identical content is already there, so skip."""
-    if path.exists():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _check_filename(filename: str) -> None:
@@ -99,39 +83,56 @@ def _check_storage_quota(
     )
 
 
-def create(
-    session: Session,
-    *,
-    auth: AuthContext,
-    settings: Settings,
-    filename: str,
-    purpose: str,
-    data: bytes,
-) -> File:
-    """Validate an upload and store it; nothing is written when validation fails."""
+def _check_purpose(purpose: str | None) -> str:
+    if not purpose:
+        raise InvalidRequest(
+            "Missing required parameter: 'purpose'.",
+            param="purpose",
+            code="missing_required_parameter",
+        )
     if purpose not in PURPOSES:
         raise InvalidRequest(
             f"Invalid value for 'purpose': {purpose!r}; supported: {', '.join(PURPOSES)}.",
             param="purpose",
             code="invalid_value",
         )
-    if len(data) > settings.max_upload_bytes:
+    return purpose
+
+
+def _place(upload: ReceivedUpload, path: Path) -> None:
+    """Move the upload's temporary file into the store (a rename: same directory tree);
+    identical content is already there, so the temporary file is left for the caller."""
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(upload.path, path)
+
+
+def create(
+    session: Session, *, auth: AuthContext, settings: Settings, upload: ReceivedUpload
+) -> File:
+    """Validate an upload streamed to disk (``app.files.upload``) and store it; nothing is
+    written when validation fails. Validation reads the file before the first statement, so the
+    transaction (the tenant's row lock, the insert) opens only once the file is known good."""
+    purpose = _check_purpose(upload.purpose)
+    if upload.size > settings.max_upload_bytes:  # already refused while it streamed
         raise PayloadTooLarge(
-            f"File is too large: {len(data)} bytes, the limit is {settings.max_upload_bytes}.",
+            f"File is too large: {upload.size} bytes, the limit is {settings.max_upload_bytes}.",
             param="file",
         )
+    filename = upload.filename
     _check_filename(filename)
-    examples = _validate(settings, filename, data)
-    _check_storage_quota(session, auth, settings, len(data))
-    sha256 = hashlib.sha256(data).hexdigest()
-    path = blob_path(settings, sha256)
-    _store(path, data)
+    # The validator takes bytes (contracts.chat): the file is in memory for this step only.
+    examples = _validate(settings, filename, upload.path.read_bytes())
+    _check_storage_quota(session, auth, settings, upload.size)
+    path = blob_path(settings, upload.sha256)
+    _place(upload, path)
     file = File(
         tenant_id=auth.tenant.id,
         filename=filename,
         purpose=purpose,
-        bytes=len(data),
-        sha256=sha256,
+        bytes=upload.size,
+        sha256=upload.sha256,
         storage_path=str(path),
         status=FileStatus.PROCESSED,
     )
@@ -147,8 +148,8 @@ def create(
         payload={
             "filename": filename,
             "purpose": purpose,
-            "bytes": len(data),
-            "sha256": sha256,
+            "bytes": upload.size,
+            "sha256": upload.sha256,
             "examples": examples,
         },
     )

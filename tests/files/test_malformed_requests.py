@@ -197,7 +197,10 @@ def test_a_file_over_the_limit_is_a_413(
     assert response.status_code == 413
     error = error_of(response)
     assert (error["code"], error["param"]) == ("payload_too_large", "file")
-    assert f"File is too large: {len(data)} bytes, the limit is {MAX_UPLOAD}." == error["message"]
+    assert error["message"] == (
+        f"File is too large: more than the limit of {MAX_UPLOAD} bytes "
+        "(SAFEPATCH_MAX_UPLOAD_BYTES); it was not read further."
+    )
     assert_nothing_stored(session, settings)
 
 
@@ -283,19 +286,46 @@ def test_an_oversized_content_length_is_refused_before_reading_the_body(
     )
 
 
-def test_a_streamed_body_is_cut_off_at_the_limit(app: FastAPI, caller: Caller) -> None:
-    head = b'--x\r\nContent-Disposition: form-data; name="file"; filename="t.jsonl"\r\n\r\n'
-    chunk = b"y" * 16 * 1024
+HEAD = b'--x\r\nContent-Disposition: form-data; name="file"; filename="t.jsonl"\r\n\r\n'
+CHUNK = b"y" * 16 * 1024
+
+
+def test_a_streamed_file_is_cut_off_at_the_limit(
+    app: FastAPI, caller: Caller, session: Session, settings: Settings
+) -> None:
     request = Upload(
-        [head] + [chunk] * 1000,
+        [HEAD] + [CHUNK] * 1000,
         caller.headers | {"Content-Type": "multipart/form-data; boundary=x"},
     )
-    request.run(app)  # 16 MB offered without a Content-Length
+    with TestClient(app):  # the app's state (lifespan); the request goes straight to the app
+        request.run(app)  # 16 MB offered without a Content-Length
 
     assert request.status == 413
-    limit = MAX_UPLOAD + MULTIPART_ALLOWANCE
-    assert request.received == 1 + (limit - len(head)) // len(chunk) + 1  # the first one over
+    # The file's own limit, while it streams: the first chunk past it is the last one read.
+    assert request.received == 1 + MAX_UPLOAD // len(CHUNK) + 1
     assert json.loads(request.body)["error"]["code"] == "payload_too_large"
+    assert_nothing_stored(session, settings)  # the temporary file included
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer sp-" + "Z" * 48}, {"Authorization": "Bearer nonsense"}],
+    ids=["no_key", "unknown_key", "malformed_key"],
+)
+def test_an_upload_without_a_valid_key_is_refused_before_its_body_is_read(
+    app: FastAPI, session: Session, settings: Settings, headers: dict[str, str]
+) -> None:
+    """The 401 comes from the headers alone: not one chunk of the body is read (FastAPI would
+    parse a declared form before any dependency runs)."""
+    request = Upload(
+        [HEAD] + [CHUNK] * 1000, headers | {"Content-Type": "multipart/form-data; boundary=x"}
+    )
+    with TestClient(app):
+        request.run(app)
+
+    assert request.status == 401
+    assert request.received == 0
+    assert_nothing_stored(session, settings)
 
 
 def test_other_endpoints_take_small_bodies_only(
