@@ -139,24 +139,73 @@ def audit_verify(
         int | None, typer.Option(min=1, help="seq of a head kept from an earlier run.")
     ] = None,
     anchor_hash: Annotated[str | None, typer.Option(help="That head's hash.")] = None,
+    published_anchor: Annotated[
+        bool,
+        typer.Option(help="Also check against the anchor at SAFEPATCH_AUDIT_ANCHOR_PATH."),
+    ] = True,
 ) -> None:
-    """Check the whole audit chain; print the result as JSON; exit 1 if a link is broken."""
+    """Check the whole audit chain and print the result as JSON, every broken link listed.
+    Exit 1 if a link is broken, 2 on bad arguments or an unreadable anchor file."""
     import json
 
     from app.audit import service
     from app.audit.schemas import AuditVerification
     from app.core.db import session_scope
     from app.core.errors import AppError
+    from app.core.settings import get_settings
 
     _setup()
+    anchor_path = get_settings().audit_anchor_path if published_anchor else None
     try:
         with session_scope() as session:
-            result = service.verify(session, anchor_seq=anchor_seq, anchor_hash=anchor_hash)
+            result = service.verify(
+                session, anchor_seq=anchor_seq, anchor_hash=anchor_hash, anchor_path=anchor_path
+            )
     except AppError as error:
         typer.secho(f"error: {error.message}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from error
     typer.echo(json.dumps(AuditVerification.of(result).model_dump(), indent=2))
-    raise typer.Exit(0 if result.ok else 1)
+    raise typer.Exit(0 if result.chain.ok else 1)
+
+
+@admin_cli.command("audit-anchor")
+def audit_anchor() -> None:
+    """Publish the audit chain's head to SAFEPATCH_AUDIT_ANCHOR_PATH (workers also do it every
+    SAFEPATCH_AUDIT_ANCHOR_INTERVAL_S) and print the anchor. Exit 1 if the chain since the
+    published anchor is broken (nothing is published), 2 if no path is configured."""
+    import json
+
+    from app.audit import anchors
+    from app.core.db import session_scope
+    from app.core.errors import AppError
+    from app.core.settings import get_settings
+
+    _setup()
+    path = get_settings().audit_anchor_path
+    if path is None:
+        typer.secho("error: set SAFEPATCH_AUDIT_ANCHOR_PATH", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    try:
+        with session_scope() as session:
+            publication = anchors.publish(session, path)
+    except AppError as error:
+        typer.secho(f"error: {error.message}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from error
+    if publication.refused is not None:
+        for link in publication.refused.broken:
+            typer.secho(f"broken: seq {link.seq}: {link.reason}", fg=typer.colors.RED, err=True)
+        typer.echo(f"not published: the chain since the anchor in {path} is broken", err=True)
+        raise typer.Exit(1)
+    anchor = publication.anchor
+    if anchor is None:
+        typer.echo("nothing to publish: the audit trail is empty", err=True)
+        return
+    state = "published" if publication.published else "unchanged"
+    published_at = anchor.published_at.isoformat()
+    typer.echo(
+        json.dumps({"seq": anchor.seq, "hash": anchor.hash, "published_at": published_at})
+        + f"  ({state})"
+    )
 
 
 @admin_cli.command("revoke-key")

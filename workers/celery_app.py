@@ -21,6 +21,7 @@ from app.core.queue import RUN_JOB_TASK, create_celery
 from app.core.settings import get_settings
 from app.db.base import utcnow
 from app.jobs import repository
+from workers.audit_anchor import AuditAnchorPublisher
 from workers.recovery import LeaseSweep
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ celery_app.conf.include = ["workers.tasks"]
 celery_app.conf.worker_max_tasks_per_child = 1
 # Idle workers re-enqueue jobs whose worker died (workers/recovery.py).
 celery_app.steps["consumer"].add(LeaseSweep)
+# Workers publish the audit chain's head outside the database (workers/audit_anchor.py).
+celery_app.steps["consumer"].add(AuditAnchorPublisher)
 
 
 @worker_process_init.connect

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from app.audit import service
 from app.audit.schemas import AuditRecordList, AuditRecordRead, AuditVerification
 from app.auth.dependencies import AdminDep, AuthDep
-from app.core.dependencies import SessionDep
+from app.core.dependencies import SessionDep, SettingsDep
 from app.core.openapi import TENANT_ERRORS, error_responses
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
@@ -65,16 +65,26 @@ def list_audit_records(
     return AuditRecordList(data=[AuditRecordRead.of(r) for r in records], has_more=has_more)
 
 
-@router.get("/verify", response_model=AuditVerification, responses=error_responses(401, 403, 503))
+@router.get(
+    "/verify", response_model=AuditVerification, responses=error_responses(401, 403, 500, 503)
+)
 def verify_audit_chain(
     _admin: AdminDep,
     session: SessionDep,
+    settings: SettingsDep,
     anchor_seq: Annotated[int | None, Query(ge=1, description="seq of a kept head.")] = None,
     anchor_hash: Annotated[
         str | None, Query(pattern="^[0-9a-f]{64}$", description="Its hash.")
     ] = None,
 ) -> AuditVerification:
-    """Check the whole, global chain and report its first broken link. Admin key only: the
-    chain spans every tenant, so a tenant's key would learn the others' record counts."""
-    result = service.verify(session, anchor_seq=anchor_seq, anchor_hash=anchor_hash)
+    """Check the whole, global chain and report every broken link, against the given anchor and
+    the published one (SAFEPATCH_AUDIT_ANCHOR_PATH). Admin key only: the chain spans every
+    tenant, so a tenant's key would learn the others' record counts. A 500
+    ``audit_anchor_unreadable``: the published anchor file is damaged."""
+    result = service.verify(
+        session,
+        anchor_seq=anchor_seq,
+        anchor_hash=anchor_hash,
+        anchor_path=settings.audit_anchor_path,
+    )
     return AuditVerification.of(result)

@@ -14,9 +14,10 @@ def get_head(session: Session) -> AuditRecord | None:
     return session.scalars(select(AuditRecord).order_by(AuditRecord.seq.desc()).limit(1)).first()
 
 
-def iterate_chain(session: Session, batch_size: int = 1000) -> Iterator[AuditRecord]:
-    """Every record in chain order, fetched in batches."""
-    after = 0
+def iterate_chain(
+    session: Session, *, after: int = 0, batch_size: int = 1000
+) -> Iterator[AuditRecord]:
+    """Every record after seq ``after``, in chain order, fetched in batches."""
     while True:
         batch = session.scalars(
             select(AuditRecord)

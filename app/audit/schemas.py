@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from app.audit.service import ChainVerification
+from app.audit.service import Verification
 from app.db.models import AuditRecord
 
 
@@ -16,7 +17,8 @@ class AuditSubject(BaseModel):
 
 
 class AuditRecordRead(BaseModel):
-    """One append-only record; ``hash``/``prev_hash`` let a reader check the chain."""
+    """One append-only record; ``hash``/``prev_hash`` let a reader check the chain. ``payload``
+    is read from the text that was hashed (``payload_canonical``)."""
 
     id: str
     object: Literal["audit.record"] = "audit.record"
@@ -38,7 +40,7 @@ class AuditRecordRead(BaseModel):
             actor=record.actor,
             action=record.action,
             subject=AuditSubject(type=record.subject_type, id=record.subject_id),
-            payload=record.payload,
+            payload=json.loads(record.payload_canonical),
             prev_hash=record.prev_hash,
             hash=record.hash,
         )
@@ -61,24 +63,42 @@ class AuditBrokenLink(BaseModel):
     reason: str
 
 
+class AuditPublishedAnchor(BaseModel):
+    seq: int
+    hash: str
+    published_at: int
+
+
 class AuditVerification(BaseModel):
-    """The result of checking the whole chain; keep ``head`` to pass back as the next anchor."""
+    """The result of checking the whole chain: every broken link in ``broken`` (``first_broken``
+    is its first, kept for older clients); ``head`` is the newest intact record, to pass back
+    as the next anchor; ``published_anchor``, the one read from SAFEPATCH_AUDIT_ANCHOR_PATH."""
 
     object: Literal["audit.verification"] = "audit.verification"
     ok: bool
     checked: int
     first_broken: AuditBrokenLink | None
+    broken: list[AuditBrokenLink]
     head: AuditLink | None
+    published_anchor: AuditPublishedAnchor | None
 
     @classmethod
-    def of(cls, result: ChainVerification) -> AuditVerification:
-        broken = result.first_broken
-        head = result.head
+    def of(cls, result: Verification) -> AuditVerification:
+        chain, head, published = result.chain, result.chain.head, result.published_anchor
+        broken = [
+            AuditBrokenLink(seq=link.seq, id=link.id, reason=link.reason) for link in chain.broken
+        ]
         return cls(
-            ok=result.ok,
-            checked=result.checked,
-            first_broken=AuditBrokenLink(seq=broken.seq, id=broken.id, reason=broken.reason)
-            if broken
-            else None,
+            ok=chain.ok,
+            checked=chain.checked,
+            first_broken=broken[0] if broken else None,
+            broken=broken,
             head=AuditLink(seq=head.seq, hash=head.hash) if head else None,
+            published_anchor=AuditPublishedAnchor(
+                seq=published.seq,
+                hash=published.hash,
+                published_at=int(published.published_at.timestamp()),
+            )
+            if published
+            else None,
         )

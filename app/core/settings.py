@@ -155,6 +155,14 @@ class Settings(BaseSettings):
         description="SHA-256 (hex) of the operator's admin key, from `safepatch admin "
         "create-admin-key`; unset: the admin endpoints refuse every caller.",
     )
+    audit_anchor_path: Path | None = Field(
+        None,
+        description="File outside the database where the audit chain's head is published "
+        "(app/audit/anchors.py); verification checks against it. Unset: no publication.",
+    )
+    audit_anchor_interval_s: float = Field(
+        300.0, gt=0, description="How often each worker publishes the audit chain's head."
+    )
 
     @field_validator(
         "database_url",
@@ -162,6 +170,7 @@ class Settings(BaseSettings):
         "broker_url",
         "result_backend",
         "admin_key_sha256",
+        "audit_anchor_path",
         "rate_limit_redis_url",
         mode="before",
     )

@@ -4,7 +4,8 @@ Each test plays an attacker with full control of the database (a superuser: Post
 disabled, SQLite triggers dropped, inside the test's rolled-back transaction) and checks that
 ``verify_chain`` reports the first broken link: the record, its seq and why. Two attacks leave an
 internally consistent chain (recomputing every later hash, dropping the newest records); an
-anchor kept from an earlier verification catches those.
+anchor kept from an earlier verification catches those. Verification reports every broken link
+and goes on past each, so two attacks are two reports.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
+from app.audit.chain import ALTERED, COPY_ALTERED
 from app.audit.service import Anchor, ChainVerification
 from app.db.models import AuditRecord
 
@@ -57,19 +59,61 @@ def broken(result: ChainVerification) -> tuple[int, str | None, str]:
 
 def test_an_intact_chain_verifies(session: Session) -> None:
     records = append(session)
-    result = audit.verify_chain(session, anchor=Anchor(N, records[-1].hash))
+    result = audit.verify_chain(session, anchors=[Anchor(N, records[-1].hash)])
     assert (result.ok, result.checked, result.head) == (True, N, Anchor(N, records[-1].hash))
+    assert result.broken == () and result.first_broken is None
 
 
-def test_altering_a_payload_is_detected_at_that_record(session: Session, backend: str) -> None:
+def test_altering_the_hashed_payload_text_is_detected_at_that_record(
+    session: Session, backend: str
+) -> None:
     records = append(session)
     as_attacker(
-        session, backend, """UPDATE audit_records SET payload = '{"asr": 0.0}' WHERE seq = 3"""
+        session,
+        backend,
+        """UPDATE audit_records SET payload_canonical = '{"asr"\\:0.0}' WHERE seq = 3""",
     )
 
-    seq, record_id, reason = broken(audit.verify_chain(session))
-    assert (seq, record_id) == (3, records[2].id)
-    assert reason == "hash does not match the record's content: the record was altered"
+    result = audit.verify_chain(session)
+    assert broken(result) == (3, records[2].id, ALTERED)
+    assert len(result.broken) == 1 and result.checked == N  # the records after 3 still hold
+
+
+def test_altering_the_payload_copy_is_detected_at_that_record(
+    session: Session, backend: str
+) -> None:
+    # The JSON column is what the `model=` filter queries: changing it alone must show too.
+    records = append(session)
+    as_attacker(
+        session, backend, """UPDATE audit_records SET payload = '{"asr": 0.5}' WHERE seq = 3"""
+    )
+
+    assert broken(audit.verify_chain(session)) == (3, records[2].id, COPY_ALTERED)
+
+
+def test_every_broken_link_is_reported(session: Session, backend: str) -> None:
+    records = append(session)
+    as_attacker(
+        session,
+        backend,
+        "UPDATE audit_records SET actor = 'mallory' WHERE seq = 2",
+        """UPDATE audit_records SET payload = '{"asr": 0.5}' WHERE seq = 3""",
+        "DELETE FROM audit_records WHERE seq = 4",
+    )
+
+    result = audit.verify_chain(session)
+    assert [(link.seq, link.id) for link in result.broken] == [
+        (2, records[1].id),
+        (3, records[2].id),
+        (5, records[4].id),
+    ]
+    assert [link.reason for link in result.broken] == [
+        ALTERED,
+        COPY_ALTERED,
+        "seq 5 follows seq 3: record 4 is missing (deleted or renumbered)",
+    ]
+    assert result.first_broken == result.broken[0]
+    assert result.checked == N - 1 and result.head == Anchor(1, records[0].hash)
 
 
 @pytest.mark.parametrize(
@@ -98,7 +142,9 @@ def test_deleting_a_record_is_detected_at_the_next_one(session: Session, backend
     seq, record_id, reason = broken(result)
     assert (seq, record_id) == (3, records[2].id)
     assert reason == "seq 3 follows seq 1: record 2 is missing (deleted or renumbered)"
-    assert result.checked == 2 and result.head == Anchor(1, records[0].hash)
+    # One deletion, one break: the records after it are checked and hold.
+    assert len(result.broken) == 1
+    assert result.checked == N - 1 and result.head == Anchor(N, records[-1].hash)
 
 
 def test_deleting_and_renumbering_is_detected_by_the_broken_link(
@@ -145,6 +191,7 @@ def forged(after: AuditRecord, seq: int) -> AuditRecord:
         subject_type="model_version",
         subject_id="ft:m:forged",
         payload={"asr": 0.0},
+        payload_canonical='{"asr":0.0}',
         created_at=after.created_at + timedelta(seconds=1),
     )
     entry.hash = audit.record_hash(entry)
@@ -169,7 +216,7 @@ def test_inserting_a_forged_record_is_detected(session: Session, backend: str) -
 
     seq, record_id, reason = broken(audit.verify_chain(session))
     assert (seq, record_id) == (3, second.id)
-    assert reason == "hash does not match the record's content: the record was altered"
+    assert reason == ALTERED
 
 
 def test_a_forged_record_with_a_made_up_link_is_detected_at_itself(
@@ -192,7 +239,10 @@ def test_a_rewritten_chain_is_caught_only_by_an_anchor(session: Session, backend
     records = append(session)
     anchor = Anchor(N, records[-1].hash)  # what the last verification reported as its head
     as_attacker(
-        session, backend, """UPDATE audit_records SET payload = '{"asr": 0.0}' WHERE seq = 2"""
+        session,
+        backend,
+        """UPDATE audit_records SET payload = '{"asr": 0.0}', payload_canonical = '{"asr"\\:0.0}'
+        WHERE seq = 2""",
     )
     # ... and recompute every hash from there on, so each link holds again.
     previous = records[0]
@@ -204,7 +254,7 @@ def test_a_rewritten_chain_is_caught_only_by_an_anchor(session: Session, backend
     session.expire_all()
 
     assert audit.verify_chain(session).ok  # the chain alone can't tell
-    seq, record_id, reason = broken(audit.verify_chain(session, anchor=anchor))
+    seq, record_id, reason = broken(audit.verify_chain(session, anchors=[anchor]))
     assert (seq, record_id) == (N, records[-1].id)
     assert reason.startswith("hash differs from the anchor")
 
@@ -218,7 +268,7 @@ def test_dropping_the_newest_records_is_caught_only_by_an_anchor(
 
     cut = audit.verify_chain(session)
     assert cut.ok and cut.checked == N - 2
-    result = audit.verify_chain(session, anchor=anchor)
+    result = audit.verify_chain(session, anchors=[anchor])
     assert broken(result) == (
         N,
         None,
@@ -230,5 +280,5 @@ def test_an_emptied_table_is_caught_by_an_anchor(session: Session, backend: str)
     anchor = Anchor(N, append(session)[-1].hash)
     as_attacker(session, backend, "DELETE FROM audit_records")
     assert audit.verify_chain(session).checked == 0
-    result = audit.verify_chain(session, anchor=anchor)
+    result = audit.verify_chain(session, anchors=[anchor])
     assert broken(result)[0] == N and result.head is None

@@ -48,7 +48,9 @@ def test_the_admin_sees_the_whole_chain_verified(
         "ok": True,
         "checked": count(session),
         "first_broken": None,
+        "broken": [],
         "head": {"seq": head.seq, "hash": head.hash},
+        "published_anchor": None,
     }
     anchored = client.get(
         VERIFY, params={"anchor_seq": head.seq, "anchor_hash": head.hash}, headers=ADMIN
@@ -68,13 +70,14 @@ def test_a_broken_link_is_reported(
     session.commit()
 
     body = client.get(VERIFY, headers=ADMIN).json()
-    assert body["ok"] is False and body["checked"] == 2
+    assert body["ok"] is False and body["checked"] == count(session)
     assert body["first_broken"] == {
         "seq": 2,
         "id": second.id,
         "reason": "hash does not match the record's content: the record was altered",
     }
-    assert body["head"]["seq"] == 1
+    assert body["broken"] == [body["first_broken"]]  # the records after it were checked too
+    assert body["head"]["seq"] == 1  # the newest record whose link holds
 
 
 def test_an_anchor_past_the_end_is_reported_missing(client: TestClient, caller: Caller) -> None:
