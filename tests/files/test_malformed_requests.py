@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -225,9 +226,15 @@ def test_a_body_over_the_limit_is_a_413_from_the_middleware(
 class Upload:
     """A raw ASGI request, to see how much of the body the app reads."""
 
-    def __init__(self, chunks: list[bytes], headers: dict[str, str]) -> None:
+    def __init__(
+        self,
+        chunks: list[bytes],
+        headers: dict[str, str],
+        on_receive: Callable[[], None] | None = None,
+    ) -> None:
         self.chunks = chunks
         self.headers = headers
+        self.on_receive = on_receive  # called each time the app asks for a chunk
         self.received = 0  # chunks handed to the app
         self.status: int | None = None
         self.body = b""
@@ -249,6 +256,8 @@ class Upload:
         }
 
         async def receive() -> dict[str, Any]:
+            if self.on_receive is not None:
+                self.on_receive()
             if self.received == len(self.chunks):
                 return {"type": "http.disconnect"}
             self.received += 1
