@@ -1,7 +1,8 @@
 """Alembic environment: the URL comes from safepatch settings unless a caller hands us one.
 
 Callers (``app.db.migrate``, the tests) may pass ``config.attributes["connection"]`` to run inside
-their own connection, or ``config.attributes["url"]``.
+their own connection, or ``config.attributes["url"]``; and ``config.attributes["app_role"]``, the
+role to grant the application's privileges to (else ``SAFEPATCH_DATABASE_APP_ROLE``, if set).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from app.core.db import create_db_engine
 from app.core.settings import get_settings
 from app.db import models  # noqa: F401  (registers every table on Base.metadata)
 from app.db.base import Base, UTCDateTime
+from app.db.grants import grant_application_role
 
 config = context.config
 if config.config_file_name is not None:
@@ -42,6 +44,11 @@ def run_with(connection: Connection) -> None:
     )
     with context.begin_transaction():
         context.run_migrations()
+        # The application's role gets its privileges in the same transaction as the schema it
+        # needs them on (app/db/grants.py).
+        role = config.attributes.get("app_role") or get_settings().database_app_role
+        if role:
+            grant_application_role(connection, role)
 
 
 def run_online() -> None:
