@@ -4,7 +4,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 
 from app.auth.dependencies import AuthDep
-from app.core.dependencies import SessionDep
+from app.core.dependencies import SessionDep, SettingsDep
 from app.core.openapi import TENANT_ERRORS, binary_responses, error_responses
 from app.db.models import BaseModelRecord
 from app.models import service
@@ -49,23 +49,33 @@ def list_model_files(model: str, auth: AuthDep, session: SessionDep) -> ModelFil
     "/{model}/files/{filename}",
     response_class=FileResponse,
     responses=binary_responses("application/octet-stream", 200, 206)
-    | error_responses(403, 404, 416, 500),
+    | error_responses(400, 403, 404, 416, 500),
 )
 def download_model_file(
-    model: str, filename: str, request: Request, auth: AuthDep, session: SessionDep
+    model: str,
+    filename: str,
+    request: Request,
+    auth: AuthDep,
+    session: SessionDep,
+    settings: SettingsDep,
 ) -> FileResponse:
     """One file of the checkpoint. Supports ``Range`` (resume) and ``If-Range``; the ``ETag`` is
-    the file's sha256 from the manifest, checked against the bytes before they are sent."""
+    the file's sha256 from the manifest, checked against the bytes (when first served, and again
+    when the file changed) before they are sent. The file is streamed, and the request's
+    transaction has ended before the first byte goes out."""
     download = service.open_file(
         session,
         auth=auth,
         model=model,
         filename=filename,
-        byte_range=request.headers.get("range"),
+        range_header=request.headers.get("range"),
+        if_range=request.headers.get("if-range"),
+        reverify_s=settings.model_reverify_s,
     )
     return FileResponse(
         download.path,
         media_type="application/octet-stream",
         filename=filename,
         headers={"ETag": f'"{download.sha256}"'},
+        stat_result=download.stat,
     )

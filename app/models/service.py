@@ -7,9 +7,10 @@ file still matches the manifest the worker wrote; a quarantined one says why it 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy.orm import Session
 
@@ -19,7 +20,9 @@ from app.core.errors import AppError, NotFound, PermissionDenied
 from app.core.redact import relative_paths
 from app.db.models import BaseModelRecord, ModelStatus, ModelVersion
 from app.models import repository
-from contracts.manifest import MANIFEST, CorruptCheckpointError, ManifestEntry, entries, verify_file
+from app.models.integrity import FILE_CHECKS, ModelFileMismatch
+from app.models.ranges import ByteRange, requested_ranges
+from contracts.manifest import MANIFEST, CorruptCheckpointError, ManifestEntry, entries
 
 AnyModel = BaseModelRecord | ModelVersion
 
@@ -41,6 +44,8 @@ class Download:
     version: ModelVersion
     path: Path
     sha256: str
+    stat: os.stat_result  # of the verified file: what the response sends
+    ranges: list[ByteRange] | None  # None: the whole file
 
 
 def list_models(session: Session, *, auth: AuthContext) -> list[AnyModel]:
@@ -85,9 +90,20 @@ def files(
 
 
 def open_file(
-    session: Session, *, auth: AuthContext, model: str, filename: str, byte_range: str | None
+    session: Session,
+    *,
+    auth: AuthContext,
+    model: str,
+    filename: str,
+    range_header: str | None,
+    if_range: str | None,
+    reverify_s: float,
 ) -> Download:
-    """Check a download (visible, ready, listed, intact) and audit it; return what to send."""
+    """Check a download (visible, ready, listed, intact) and audit it; return what to send.
+
+    A file is hashed against its manifest the first time this process serves it, and again
+    only when ``stat`` says it changed or its check is older than ``reverify_s``
+    (``app/models/integrity.py``)."""
     version = _downloadable(get(session, auth=auth, model=model))
     directory = Path(version.storage_uri)
     # Only names the manifest lists are served: a path trick in `filename` matches none.
@@ -96,24 +112,20 @@ def open_file(
         raise NotFound(
             f"Model '{model}' has no file '{filename}'.", param="filename", code="file_not_found"
         )
-    try:
-        verify_file(directory, entry)
-    except CorruptCheckpointError as error:
-        audit.record(
-            session,
-            action="model.corruption_detected",
-            subject_type="model",
-            subject_id=version.name,
-            actor=auth.actor,
-            tenant_id=version.tenant_id,
-            # Tenants read the trail: the file's name, not the server's path to it.
-            payload={"file": filename, "detail": relative_paths(str(error), directory)},
-        )
-        session.commit()  # the evidence outlives the error response
-        raise CorruptModelFile(
-            f"File '{filename}' of model '{model}' failed its integrity check and is withheld; "
-            "the operator has been notified through the audit log."
-        ) from error
+    path = directory / filename
+    stat = FILE_CHECKS.trusted(path, entry, reverify_s=reverify_s)
+    if stat is None:
+        # Nothing is written yet: end the read-only transaction, so that no lock (SQLite's
+        # write lock is taken at BEGIN) or snapshot is held while gigabytes are hashed.
+        session.commit()
+        try:
+            stat = FILE_CHECKS.verify(path, entry)
+        except ModelFileMismatch as error:
+            _withhold(session, auth, version, filename, error)
+    etag = f'"{entry.sha256}"'
+    ranges = requested_ranges(
+        range_header, if_range, etag=etag, mtime=stat.st_mtime, size=stat.st_size
+    )
     audit.record(
         session,
         action="model.downloaded",
@@ -121,9 +133,40 @@ def open_file(
         subject_id=version.name,
         actor=auth.actor,
         tenant_id=version.tenant_id,
-        payload={"model": version.name, "file": filename, "range": byte_range},
+        payload={
+            "model": version.name,
+            "file": filename,
+            # The bytes sent (inclusive), as parsed: never the client's raw header.
+            "ranges": None if ranges is None else [asdict(part) for part in ranges],
+        },
     )
-    return Download(version=version, path=directory / filename, sha256=entry.sha256)
+    return Download(version=version, path=path, sha256=entry.sha256, stat=stat, ranges=ranges)
+
+
+def _withhold(
+    session: Session,
+    auth: AuthContext,
+    version: ModelVersion,
+    filename: str,
+    error: ModelFileMismatch,
+) -> NoReturn:
+    audit.record(
+        session,
+        action="model.corruption_detected",
+        subject_type="model",
+        subject_id=version.name,
+        actor=auth.actor,
+        tenant_id=version.tenant_id,
+        payload={
+            "file": filename,
+            "detail": relative_paths(str(error), Path(version.storage_uri)),
+        },
+    )
+    session.commit()  # the evidence outlives the error response
+    raise CorruptModelFile(
+        f"File '{filename}' of model '{version.name}' failed its integrity check and is "
+        "withheld; the operator has been notified through the audit log."
+    ) from error
 
 
 def register_base_model(

@@ -34,7 +34,13 @@ def test_only_names_the_manifest_lists_are_opened(
 
     with pytest.raises(NotFound) as raised:
         service.open_file(
-            session, auth=caller.auth, model=version.name, filename=filename, byte_range=None
+            session,
+            auth=caller.auth,
+            model=version.name,
+            filename=filename,
+            range_header=None,
+            if_range=None,
+            reverify_s=0,
         )
     assert raised.value.code == "file_not_found"
     assert (
@@ -49,7 +55,13 @@ def test_a_listed_name_opens_the_file_in_the_models_directory(
     version = create_model_version(session, caller, tmp_path / "mine", name="ft:m:mine")
 
     download = service.open_file(
-        session, auth=caller.auth, model=version.name, filename="model.safetensors", byte_range=None
+        session,
+        auth=caller.auth,
+        model=version.name,
+        filename="model.safetensors",
+        range_header=None,
+        if_range=None,
+        reverify_s=0,
     )
     assert download.path == tmp_path / "mine" / "model.safetensors"
     assert download.path.read_bytes() == b"weights of ft:m:mine"
