@@ -7,6 +7,7 @@ catches it, with no anchor passed by anyone, and the publisher refuses to bless 
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -55,7 +56,7 @@ def rewrite(session: Session, backend: str, seq: int) -> None:
         payload_canonical = '{{"asr"\\:0.5}}' WHERE seq = {seq}""",
     )
     entries = session.scalars(select(AuditRecord).order_by(AuditRecord.seq)).all()
-    for previous, entry in zip(entries, entries[1:], strict=False):
+    for previous, entry in itertools.pairwise(entries):
         if entry.seq >= seq:
             entry.prev_hash = previous.hash
             entry.hash = audit.record_hash(entry)

@@ -93,9 +93,9 @@ def test_the_backfill_keeps_every_intact_record_verifiable(
     else:
         assert result.ok, result.broken
 
-    with pytest.raises(DatabaseError, match="append-only|permission denied"):
-        with old_database.begin() as connection:
-            connection.execute(sa.text("UPDATE audit_records SET actor = 'mallory'"))
+    refused = pytest.raises(DatabaseError, match=r"append-only|permission denied")
+    with refused, old_database.begin() as connection:
+        connection.execute(sa.text("UPDATE audit_records SET actor = 'mallory'"))
     if backend == "postgresql":  # the backfill gave itself UPDATE for a moment, and took it back
         with old_database.connect() as connection:
             assert "UPDATE" not in table_privileges(connection, "postgres")
