@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -127,7 +128,7 @@ PROD_BROKER = "redis://:an0ther-secret@r:6379/0"
 )
 def test_prod_refuses_servers_without_a_password(urls: dict[str, str], problem: str) -> None:
     # Anything on the database's or Redis's network could otherwise connect.
-    settings = {"database_url": PROD_DATABASE, "broker_url": PROD_BROKER} | urls
+    settings: dict[str, Any] = {"database_url": PROD_DATABASE, "broker_url": PROD_BROKER} | urls
     with pytest.raises(ValidationError, match=problem):
         Settings(env="prod", **settings)
     Settings(env="dev", **settings)  # a developer's local servers may run without one
