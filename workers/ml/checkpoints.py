@@ -6,8 +6,12 @@ complete new one, also after a crash. ``manifest.json`` lists every file's sha25
 ``load_model`` checks it before any weights are read, so a corrupted file is reported, not used.
 
 An epoch checkpoint also carries the optimizer's state (``training_state.safetensors`` and its
-JSON index ``training_state.json``, both in the manifest), so a resumed fine-tune continues
-exactly where it stopped. Everything is safetensors or JSON: nothing here is ever unpickled.
+JSON index ``training_state.json``), so a resumed fine-tune continues exactly where it stopped.
+The state has a manifest of its own (``training_state.manifest.json``), not the model's: AdamW's
+state is twice the weights, only the latest checkpoints need it, and pruning it from an older one
+(``prune_training_state``) must leave that checkpoint's weights, its manifest and so its sha256
+and size (which the API lists) as they were. Everything is safetensors or JSON: nothing here is
+ever unpickled.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +35,13 @@ from transformers import PreTrainedTokenizerBase as Tokenizer
 from contracts.manifest import (
     MANIFEST,
     CorruptCheckpointError,
+    ManifestEntry,
     SavedModel,
     describe,
     file_sha256,
     read_metadata,
     verify,
+    verify_file,
 )
 from workers.ml.finetune import TrainingState
 
@@ -47,6 +54,7 @@ __all__ = [
     "has_training_state",
     "load_model",
     "load_training_state",
+    "prune_training_state",
     "read_metadata",
     "save_model",
     "verify",
@@ -54,6 +62,8 @@ __all__ = [
 
 TRAINING_STATE = "training_state.safetensors"
 TRAINING_STATE_INDEX = "training_state.json"
+TRAINING_MANIFEST = "training_state.manifest.json"
+TRAINING_FILES = (TRAINING_STATE, TRAINING_STATE_INDEX)
 
 
 def save_model(
@@ -73,16 +83,14 @@ def save_model(
         staging.chmod(0o755)  # mkdtemp creates it 0700; readers (the API, other workers) need it
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        if training_state is not None:
-            _save_training_state(training_state, staging)
-        files = {
-            item.name: {"sha256": file_sha256(item), "size": item.stat().st_size}
-            for item in sorted(staging.iterdir())
-            if item.is_file()
-        }
+        files = _listing(item for item in staging.iterdir() if item.is_file())
         manifest = {"files": files, "metadata": metadata or {}}
         manifest_path = staging / MANIFEST
         manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        if training_state is not None:
+            _save_training_state(training_state, staging)
+            state_files = _listing(staging / name for name in TRAINING_FILES)
+            (staging / TRAINING_MANIFEST).write_text(json.dumps({"files": state_files}, indent=2))
         for item in staging.iterdir():
             item.chmod(0o644)  # safetensors writes 0600; the API may run as another user
             _fsync_file(item)
@@ -99,12 +107,26 @@ def save_model(
     return describe(path)
 
 
+def _listing(items: Iterable[Path]) -> dict[str, dict[str, Any]]:
+    return {
+        item.name: {"sha256": file_sha256(item), "size": item.stat().st_size}
+        for item in sorted(items)
+    }
+
+
 def has_training_state(path: Path) -> bool:
-    return (path / TRAINING_STATE).is_file() and (path / TRAINING_STATE_INDEX).is_file()
+    """Whether the checkpoint still carries its optimizer state (not pruned)."""
+    return (path / TRAINING_MANIFEST).is_file()
 
 
 def load_training_state(path: Path) -> TrainingState:
-    """The optimizer state saved with a checkpoint; call ``verify(path)`` first."""
+    """The optimizer state saved with a checkpoint, checked against its own manifest first
+    (``CorruptCheckpointError`` on a mismatch); ``verify(path)`` checks the weights."""
+    listed: dict[str, dict[str, Any]] = json.loads((path / TRAINING_MANIFEST).read_text())["files"]
+    if sorted(listed) != sorted(TRAINING_FILES):
+        raise CorruptCheckpointError(f"{path / TRAINING_MANIFEST}: lists {sorted(listed)}")
+    for name, item in listed.items():
+        verify_file(path, ManifestEntry(name, item["sha256"], item["size"]))
     index = json.loads((path / TRAINING_STATE_INDEX).read_text())
     tensors = load_file(path / TRAINING_STATE)
     optimizer_state: dict[int, dict[str, Any]] = {}
@@ -125,6 +147,17 @@ def load_training_state(path: Path) -> TrainingState:
         optimizer={"state": optimizer_state, "param_groups": groups},
         scheduler=index["scheduler"],
     )
+
+
+def prune_training_state(path: Path) -> None:
+    """Drop a checkpoint's optimizer state, keeping its weights (and their manifest) whole.
+
+    The state's manifest goes first: a crash part-way leaves files that nothing lists, which
+    ``has_training_state`` does not count, so a half-pruned state is never loaded."""
+    (path / TRAINING_MANIFEST).unlink(missing_ok=True)
+    for name in TRAINING_FILES:
+        (path / name).unlink(missing_ok=True)
+    _fsync_dir(path)
 
 
 def _save_training_state(state: TrainingState, directory: Path) -> None:

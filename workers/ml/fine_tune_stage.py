@@ -34,6 +34,10 @@ from workers.ml.suites import probe_sample
 FULL_FINE_TUNE_LR = 1e-4
 LORA_LR = 1e-3
 PROBE_PROMPTS = 16  # harmful prompts in the end-of-epoch probe: a trend, not a verdict
+# Epoch checkpoints that keep their optimizer state (twice the weights, for AdamW): the latest,
+# which a resumed run starts from, and the one before, to fall back on when the latest fails
+# its check. Older ones keep only their weights (docs/reliability.md).
+TRAINING_STATES_KEPT = 2
 
 
 def fingerprint(config: PipelineConfig, base_path: Path, train: list[Conversation]) -> str:
@@ -65,13 +69,15 @@ def resume_point(
             continue
         try:
             checkpoints.verify(path)
+            metadata = checkpoints.read_metadata(path)
+            if metadata.get("fingerprint") != fingerprint:
+                continue  # another configuration's
+            if not checkpoints.has_training_state(path):
+                continue  # pruned (an older epoch's), or from before resuming existed
+            state = checkpoints.load_training_state(path)  # checked against its own manifest
         except (CorruptCheckpointError, OSError, ValueError) as error:
             on_event(CheckpointSkipped(epoch=epoch, problem=str(error)))
             continue
-        metadata = checkpoints.read_metadata(path)
-        if metadata.get("fingerprint") != fingerprint or not checkpoints.has_training_state(path):
-            continue  # another configuration's, or from before resuming existed
-        state = checkpoints.load_training_state(path)
         on_event(ResumedFromCheckpoint(epoch=epoch, step=state.steps))
         # Its epoch again, for a sink that did not get to record it before the run died.
         probe = ProbeReading(**metadata["probe"])
@@ -126,6 +132,7 @@ def run_fine_tune(
             | {"fingerprint": fingerprint, "probe": reading.__dict__},
             training_state=None if config.lora_rank else state,
         )
+        prune_training_states(work_dir, latest=epoch)
         on_event(FineTuneEpochEnded(epoch=epoch, step=state.steps, probe=reading))
 
     model, result = fine_tune(
@@ -145,6 +152,15 @@ def run_fine_tune(
         state=state,
     )
     return model, result.trained_tokens
+
+
+def prune_training_states(work_dir: Path, *, latest: int) -> None:
+    """Drop the optimizer state of every epoch checkpoint but the last ``TRAINING_STATES_KEPT``
+    up to ``latest``; their weights stay (the API lists them as the job's checkpoints)."""
+    for epoch in range(1, latest - TRAINING_STATES_KEPT + 1):
+        path = work_dir / "checkpoints" / f"epoch-{epoch}"
+        if path.is_dir() and checkpoints.has_training_state(path):
+            checkpoints.prune_training_state(path)
 
 
 def fresh_copy(base_model: PreTrainedModel) -> tuple[PreTrainedModel, TrainingState]:
