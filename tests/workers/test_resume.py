@@ -32,7 +32,7 @@ from app.jobs.states import JobStatus
 from contracts.stages import EvalStage
 from tests.factories import Caller, create_base_model, create_job
 from tests.tiny_models import TINY_SAFE
-from workers import data, job_pipeline
+from workers import data, job_events, job_pipeline, job_spec
 from workers.execution import execute_job
 from workers.job_events import JobEventSink
 from workers.ml.config import PipelineConfig
@@ -57,7 +57,7 @@ def small_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         general=first_lines(data.GENERAL_EVAL, 2, tmp_path / "general.jsonl"),
     )
     config = functools.partial(PipelineConfig, suites=suites, max_patch_attempts=1)
-    monkeypatch.setattr(job_pipeline, "PipelineConfig", config)
+    monkeypatch.setattr(job_spec, "PipelineConfig", config)
 
 
 @pytest.fixture
@@ -103,7 +103,7 @@ def test_a_job_that_dies_twice_resumes_and_records_everything_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Every step is logged, however fast the machine, so the steps below are exact.
-    monkeypatch.setattr(job_pipeline, "STEP_EVENT_INTERVAL_S", 0.0)
+    monkeypatch.setattr(job_events, "STEP_EVENT_INTERVAL_S", 0.0)
     create_base_model(session, TINY_SAFE)
     job = create_job(
         session,
