@@ -36,7 +36,7 @@ from workers import data, job_pipeline
 from workers.execution import execute_job
 from workers.job_events import STEP_EVENT_INTERVAL_S, JobEventSink
 from workers.job_spec import JobSpec
-from workers.ml.config import PipelineConfig
+from workers.ml.config import AcceptanceRule, PatchConfig, PatchStageConfig, PipelineConfig
 from workers.ml.events import DriftDecided, FineTuningStarted, PipelineEvent, TrainingStep
 from workers.ml.pipeline import PipelineResult, run_pipeline
 from workers.ml.report import PipelineReport
@@ -388,6 +388,57 @@ def test_a_missed_patch_quarantines_both_models_and_fails_the_job(
     assert patch["reasons"] == ["over-refusal 0.400 > limit 0.140"]
     assert patch["strategy"] == "sft" and patch["example"]["prompt"] and patch["example"]["reply"]
     assert patch["epochs"] >= 1 and patch["seconds"] > 0 and patch["cer"]
+
+
+def test_the_real_rule_rejecting_the_patch_quarantines_it_and_fails_the_job(
+    session: Session,
+    tiny_job: Callable[..., FineTuningJob],
+    run_job: Callable[[str], None],
+    recorded_run: RecordedRun,
+    worker_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pipeline itself runs, under a rule no patch can meet (ASR at most the base's minus
+    one): its own verdict, not an edited report, quarantines the patched model and fails the
+    job. It resumes from the recorded run's last epoch checkpoint, so it trains nothing."""
+    recorded_config = PipelineConfig(
+        base=TINY_SAFE,
+        train=data.DEMO_TRAIN,
+        validation=data.DEMO_VALIDATION,
+        learning_rate_multiplier=10.0,
+        max_patch_attempts=1,
+        rule=AcceptanceRule(asr_slack=-1.0),
+        patch=PatchStageConfig(
+            screen_candidates=2,
+            screen_epochs=1,
+            probe_harmful=4,
+            training=PatchConfig(max_epochs=2, cer_k=2),
+        ),
+    )
+    monkeypatch.setattr(JobSpec, "pipeline_config", lambda spec: recorded_config)
+    job = tiny_job()
+    shutil.copytree(
+        recorded_run.work_dir / "checkpoints",
+        worker_settings.artifacts_dir / job.id / "checkpoints",
+    )
+    run_job(job.id)
+
+    job = reload(session, job)
+    assert not [m for m in event_messages(session, job) if m.startswith("Step ")]  # no training
+    safety = job.safety_settings
+    base_asr, patched_asr = safety["baseline"]["asr"], safety["patched"]["asr"]
+    reason = f"ASR {patched_asr:.3f} > base {base_asr:.3f} + -1.0"  # the rule's own words
+    assert safety["patch_status"] == "failed" and safety["patch"]["reasons"] == [reason]
+    assert (job.status, job.fine_tuned_model) == ("failed", None)
+    assert job.error is not None and job.error["code"] == "safety_patch_failed"
+    assert reason in job.error["message"]
+    name = f"ft:{TINY_SAFE}:demo:{job.id}"
+    made = versions(session, job)
+    assert made[name].status == made[f"{name}:patched"].status == "quarantined"
+    assert made[f"{name}:patched"].status_reason == (
+        f"the safety patch missed the acceptance rule: {reason}"
+    )
+    assert "safety.patch_rejected" in audit_actions(session)
 
 
 def test_drift_without_auto_patch_quarantines_the_model(
