@@ -112,13 +112,24 @@ def _check_model(session: Session, model: str) -> None:
 
 
 def _check_metadata(metadata: dict[str, str] | None) -> None:
-    """PostgreSQL's JSONB refuses NUL characters (a 500 at the insert otherwise)."""
-    if metadata and any("\x00" in key or "\x00" in value for key, value in metadata.items()):
-        raise InvalidRequest(
-            "Invalid value for 'metadata': NUL characters are not allowed.",
-            param="metadata",
-            code="invalid_value",
-        )
+    """Metadata is stored as given, so it must be text PostgreSQL's JSONB can hold: no NUL, and
+    no lone surrogate (a JSON escape such as ``\\ud800`` with no partner is not Unicode).
+    Either was a 500 at the insert on PostgreSQL, or came back mangled."""
+    for text in (text for pair in (metadata or {}).items() for text in pair):
+        if "\x00" in text:
+            raise InvalidRequest(
+                "Invalid value for 'metadata': NUL characters are not allowed.",
+                param="metadata",
+                code="invalid_value",
+            )
+        surrogate = next((char for char in text if "\ud800" <= char <= "\udfff"), None)
+        if surrogate is not None:
+            raise InvalidRequest(
+                f"Invalid value for 'metadata': {text!r} contains a lone surrogate "
+                f"(U+{ord(surrogate):04X}), which is not valid Unicode.",
+                param="metadata",
+                code="invalid_value",
+            )
 
 
 def _hyperparameters(job_create: JobCreate) -> Hyperparameters:
