@@ -5,11 +5,15 @@ event (one long computation), so only the worker's heartbeat thread can notice. 
 heartbeat interval: the job is ``cancelled`` within one interval of the request, and the worker
 returns (free for its next job, which then runs) within two. The real pipeline, which also stops
 at its next event, is cancelled in tests/workers/test_job_pipeline.py and tests/test_e2e_worker.py.
+
+Those bounds on elapsed time are the property under test, so they stay, measured in heartbeat
+intervals plus ``SCHEDULING_MARGIN_S`` for a busy machine. That the heartbeat stopped the
+pipeline at all is checked on its own, without a clock: the silent stage sees ``JobCancelled``
+raised inside it, and would otherwise run for ``SILENT_WORK_S``, far past any bound.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -20,13 +24,13 @@ from app.core.settings import Settings
 from app.jobs import service as jobs
 from app.jobs.states import JobStage, JobStatus
 from tests.factories import Caller, create_job
+from tests.waiting import SCHEDULING_MARGIN_S, Stopwatch, wait_until, work_silently
 from tests.workers.test_runtime import STAGES, messages, reload, walk_stages
 from workers.execution import execute_job
-from workers.runtime import JobRun
+from workers.runtime import JobCancelled, JobRun
 
 HEARTBEAT_S = 0.5
-SLACK_S = 0.75  # scheduling on a busy 2-core machine
-SILENT_WORK_S = 30.0  # what the stage would still take if nothing stopped it
+SILENT_WORK_S = 60.0  # what the stage would still take if nothing stopped it
 
 
 @pytest.fixture
@@ -40,8 +44,8 @@ def worker_settings(tmp_path: Path) -> Settings:
     )
 
 
-def run_job(job_id: str, pipeline, settings: Settings, session_factory: SessionFactory) -> float:
-    """Run the job as a worker does; when it returned (time.monotonic())."""
+def run_job(job_id: str, pipeline, settings: Settings, session_factory: SessionFactory) -> None:
+    """Run the job as a worker does."""
     execute_job(
         job_id,
         pipeline=pipeline,
@@ -49,16 +53,16 @@ def run_job(job_id: str, pipeline, settings: Settings, session_factory: SessionF
         settings=settings,
         session_factory=session_factory,
     )
-    return time.monotonic()
 
 
-def cancel(session_factory: SessionFactory, caller: Caller, run: JobRun) -> float:
-    """POST /v1/fine_tuning/jobs/{id}/cancel, in its own transaction; when it committed."""
+def cancel(session_factory: SessionFactory, caller: Caller, run: JobRun) -> Stopwatch:
+    """POST /v1/fine_tuning/jobs/{id}/cancel, in its own transaction; started when it
+    committed."""
     # The test's sessions share one connection: take turns with the heartbeat thread.
     with run._lock, session_factory() as api:
         jobs.cancel(api, auth=caller.auth, job_id=run.job_id)
         api.commit()
-    return time.monotonic()
+    return Stopwatch()
 
 
 def the_next_job_runs(
@@ -78,30 +82,34 @@ def test_cancel_in_a_running_stage_stops_the_job_within_the_heartbeat(
     stage: JobStage,
 ) -> None:
     job = create_job(session, caller)
-    requested: list[float] = []
-    interrupted: list[float] = []
+    requested: list[Stopwatch] = []
+    interrupted_after: list[float] = []
 
     def pipeline(run: JobRun) -> None:
         for next_stage in STAGES[1 : STAGES.index(stage) + 1]:
             run.enter_stage(next_stage, f"Stage {next_stage}")
         requested.append(cancel(session_factory, caller, run))
         try:
-            while time.monotonic() - requested[0] < SILENT_WORK_S:
-                time.sleep(0.01)  # training, evaluating, ranking candidates: no event
-        finally:
-            interrupted.append(time.monotonic())
+            work_silently(SILENT_WORK_S)  # training, evaluating, ranking candidates: no event
+        except JobCancelled:
+            interrupted_after.append(requested[0].elapsed())
+            raise
 
-    returned = run_job(job.id, pipeline, worker_settings, session_factory)
+    run_job(job.id, pipeline, worker_settings, session_factory)
+    # finished_at is the database's clock, the stopwatch ours: compare the intervals.
+    freed_after = requested[0].elapsed()
 
     job = reload(session, job)
     assert job.status == JobStatus.CANCELLED and job.lease_owner is None
     assert messages(session, job)[-1] == f"Job cancelled (stopped at stage {stage})"
     assert job.finished_at is not None
-    # finished_at is the database's clock, time.monotonic() ours: compare the intervals.
-    cancelled_after = returned - requested[0]
-    print(f"\ncancel in {stage}: worker free after {cancelled_after:.2f}s")
-    assert interrupted[0] - requested[0] < 2 * HEARTBEAT_S + SLACK_S
-    assert cancelled_after < 2 * HEARTBEAT_S + SLACK_S
+    # The heartbeat thread stopped the silent stage (it did not run out on its own).
+    assert len(interrupted_after) == 1
+    print(f"\ncancel in {stage}: worker free after {freed_after:.2f}s")
+    # The property: free within two heartbeat intervals (one to record the cancellation, one
+    # for the pipeline to stop at an event of its own), not after the stage's SILENT_WORK_S.
+    assert interrupted_after[0] < 2 * HEARTBEAT_S + SCHEDULING_MARGIN_S
+    assert freed_after < 2 * HEARTBEAT_S + SCHEDULING_MARGIN_S
     the_next_job_runs(session, caller, worker_settings, session_factory)
 
 
@@ -117,12 +125,14 @@ def test_cancelled_while_queued_the_job_never_starts_and_the_worker_moves_on(
         api.commit()
     assert reload(session, job).status == JobStatus.CANCELLED  # at once, by the API
 
-    started = time.monotonic()
     ran: list[str] = []
-    returned = run_job(job.id, lambda run: ran.append(run.job_id), worker_settings, session_factory)
+    run_job(job.id, lambda run: ran.append(run.job_id), worker_settings, session_factory)
 
-    assert ran == [] and returned - started < SLACK_S
-    assert reload(session, job).started_at is None
+    # Nothing of the job ran and the worker took no lease: it returned without waiting for
+    # anything (no clock needed: a worker that waited on the job would hang the test instead).
+    job = reload(session, job)
+    assert ran == []
+    assert (job.started_at, job.lease_owner, job.attempt_count) == (None, None, 0)
     the_next_job_runs(session, caller, worker_settings, session_factory)
 
 
@@ -135,19 +145,27 @@ def test_a_cancel_is_recorded_within_one_heartbeat_while_the_pipeline_is_silent(
     """The job reads ``cancelled`` within one interval, before the pipeline has even been
     stopped: the customer's GET shows it at once."""
     job = create_job(session, caller)
-    seen: list[tuple[float, str]] = []
+    seen_after: list[float] = []
+
+    def status(run: JobRun) -> str:
+        with run._lock, session_factory() as api:  # as GET /v1/fine_tuning/jobs/{id} reads it
+            return jobs.get(api, auth=caller.auth, job_id=run.job_id).status
 
     def pipeline(run: JobRun) -> None:
-        requested = cancel(session_factory, caller, run)
-        while time.monotonic() - requested < SILENT_WORK_S:
-            with run._lock, session_factory() as api:
-                status = jobs.get(api, auth=caller.auth, job_id=run.job_id).status
-            seen.append((time.monotonic() - requested, status))
-            if status == JobStatus.CANCELLED:
-                break
-            time.sleep(0.02)
+        cancel(session_factory, caller, run)
+        # Polling is the silent work here: the pipeline itself writes nothing.
+        seen_after.append(
+            wait_until(
+                lambda: status(run) == JobStatus.CANCELLED,
+                what="the job to read cancelled",
+                timeout_s=SILENT_WORK_S,
+                poll_s=0.02,
+            )
+        )
 
     run_job(job.id, pipeline, worker_settings, session_factory)
 
-    after, status = seen[-1]
-    assert status == JobStatus.CANCELLED and after < HEARTBEAT_S + SLACK_S
+    # Seen from inside the pipeline, so before it was stopped; the property is the bound: the
+    # first heartbeat after the request records it.
+    assert len(seen_after) == 1
+    assert seen_after[0] < HEARTBEAT_S + SCHEDULING_MARGIN_S
