@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from app.auth import service as auth_service
@@ -154,3 +155,16 @@ def create_model_version(
     session.add(version)
     session.commit()
     return version
+
+
+def upload_training_file(client: TestClient, caller: Caller, content: bytes) -> str:
+    """Upload ``content`` as a fine-tuning file through the API; its id."""
+    response = client.post(
+        "/v1/files",
+        files={"file": ("train.jsonl", content)},
+        data={"purpose": "fine-tune"},
+        headers=caller.headers,
+    )
+    assert response.status_code == 200, response.text
+    file_id: str = response.json()["id"]
+    return file_id

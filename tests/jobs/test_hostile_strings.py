@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from tests.conftest import RecordingQueue
-from tests.factories import BASE_MODEL, Caller
+from tests.factories import BASE_MODEL, Caller, upload_training_file
 from tests.jobs.test_malformed_requests import JOBS, TRAIN, assert_nothing_written, error_of
 
 # Written into the JSON text by hand: json.dumps of a Python string escapes a lone surrogate the
@@ -24,15 +24,7 @@ SURROGATES = ["\\ud800", "\\udfff", "a\\udc00b", "\\ud83d"]  # \ud83d: half of a
 
 @pytest.fixture
 def training_file(client: TestClient, caller: Caller) -> str:
-    response = client.post(
-        "/v1/files",
-        files={"file": ("train.jsonl", TRAIN)},
-        data={"purpose": "fine-tune"},
-        headers=caller.headers,
-    )
-    assert response.status_code == 200, response.text
-    file_id: str = response.json()["id"]
-    return file_id
+    return upload_training_file(client, caller, TRAIN)
 
 
 CASES: dict[str, tuple[str, str, str]] = {

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from app.db.models import AuditRecord, FineTuningJob, JobEvent
 from tests.conftest import RecordingQueue
-from tests.factories import BASE_MODEL, Caller
+from tests.factories import BASE_MODEL, Caller, upload_training_file
 
 JOBS = "/v1/fine_tuning/jobs"
 TRAIN = (
@@ -27,15 +27,7 @@ TRAIN = (
 
 @pytest.fixture
 def training_file(client: TestClient, caller: Caller) -> str:
-    response = client.post(
-        "/v1/files",
-        files={"file": ("train.jsonl", TRAIN)},
-        data={"purpose": "fine-tune"},
-        headers=caller.headers,
-    )
-    assert response.status_code == 200, response.text
-    file_id: str = response.json()["id"]
-    return file_id
+    return upload_training_file(client, caller, TRAIN)
 
 
 def assert_nothing_written(session: Session, task_queue: RecordingQueue) -> None:
