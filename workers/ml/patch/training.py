@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from contracts.safety import PatchStrategy
 from workers.ml.best_weights import BestWeights
 from workers.ml.chat import collate
 from workers.ml.config import PatchConfig
@@ -40,8 +41,6 @@ from workers.ml.patch.safety_gradient import (
 )
 from workers.ml.probe import Probe, ProbeResult
 from workers.ml.report import CerReport, ProbeEpoch
-
-STRATEGIES = ("sft", "projection")
 
 
 @dataclass
@@ -71,18 +70,20 @@ def apply_patch(
     on_epoch: OnEpoch | None = None,
 ) -> tuple[PreTrainedModel, PatchResult]:
     """Patch ``model`` in place with ``config.strategy``."""
-    if config.strategy == "sft":
+    if config.strategy == PatchStrategy.SFT:
         return sft_patch(
             model, tokenizer, example, config,
             probe=probe, anchors=anchors, placement=placement, on_epoch=on_epoch,
         )  # fmt: skip
-    if config.strategy == "projection":
+    if config.strategy == PatchStrategy.PROJECTION:
         if anchors:
             raise ValueError("anchors apply to the sft strategy only")
         return projection_patch(
             model, tokenizer, example, config, probe=probe, placement=placement, on_epoch=on_epoch
         )
-    raise ValueError(f"unknown patch strategy {config.strategy!r}; known: {', '.join(STRATEGIES)}")
+    raise ValueError(
+        f"unknown patch strategy {config.strategy!r}; known: {', '.join(PatchStrategy)}"
+    )
 
 
 def sft_patch(
