@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import codecs
+import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 from sqlalchemy.orm import Session
 
@@ -17,13 +19,16 @@ from app.core.settings import Settings
 from app.db.models import File, FileStatus
 from app.files import quota, repository
 from app.files.upload import ReceivedUpload
-from contracts.chat import validate_chat_bytes
-from contracts.jsonl import DatasetError
+from contracts.chat import ChatLimits, _conversation  # one example's checks
+from contracts.jsonl import DatasetError, line_text, parse_json_object
 
 PURPOSES = ("fine-tune",)
 # The multipart envelope around the file: boundaries, part headers and the purpose field.
 MULTIPART_ALLOWANCE = 64 * 1024
 MAX_FILENAME_CHARS = 255  # files.filename is VARCHAR(255)
+# Validation reads the upload from disk a chunk or a line at a time: its memory is one chunk or
+# one line (at most SAFEPATCH_UPLOAD_MAX_LINE_BYTES), whatever the file's size.
+READ_CHUNK_BYTES = 256 * 1024
 
 
 def upload_body_limit(settings: Settings) -> int:
@@ -51,17 +56,20 @@ def _check_filename(filename: str) -> None:
         )
 
 
-def _validate(settings: Settings, filename: str, data: bytes) -> int:
-    """Check the chat JSONL against the configured limits; the number of examples."""
+def validate_file(settings: Settings, filename: str, path: Path) -> int:
+    """Check the chat JSONL file at ``path`` against the configured limits, streaming it line by
+    line; the number of examples. A DatasetError becomes a 400 that names the line and field."""
+    limits = ChatLimits(
+        max_examples=settings.upload_max_examples,
+        min_examples=settings.upload_min_examples,
+        max_line_bytes=settings.upload_max_line_bytes,
+        max_example_tokens=settings.upload_max_example_tokens,
+    )
     try:
-        conversations = validate_chat_bytes(
-            data,
-            filename,
-            max_examples=settings.upload_max_examples,
-            min_examples=settings.upload_min_examples,
-            max_line_bytes=settings.upload_max_line_bytes,
-            max_example_tokens=settings.upload_max_example_tokens,
-        )
+        with path.open("rb") as handle:
+            start = _check_text_file(handle, filename)
+            handle.seek(start)
+            return _count_examples(_lines(handle, limits.max_line_bytes), filename, limits)
     except DatasetError as error:
         # e.g. "Invalid file 'train.jsonl': line 3, field messages[1].role: expected one of ..."
         raise InvalidRequest(
@@ -69,7 +77,103 @@ def _validate(settings: Settings, filename: str, data: bytes) -> int:
             param=error.field or "file",
             code="invalid_file",
         ) from error
-    return len(conversations)
+
+
+# The checks below are contracts.chat.validate_chat_bytes's, over a file instead of bytes in
+# memory: the same whole-file checks first, then every line, with the same messages. Only the
+# count of examples is kept, not the conversations (they would take more memory than the file).
+
+
+def _check_text_file(handle: BinaryIO, name: str) -> int:
+    """Empty, UTF-16 and binary files fail as a whole, before any line is checked (as in
+    ``validate_chat_bytes``); the offset where the text starts (past a UTF-8 byte-order mark)."""
+    start = len(codecs.BOM_UTF8) if handle.read(3) == codecs.BOM_UTF8 else 0
+    handle.seek(start)
+    head = handle.read(2)
+    if not head:
+        raise DatasetError(name, "the file is empty: it contains no examples")
+    if head in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        raise DatasetError(
+            name,
+            "not valid UTF-8: the file is UTF-16 (it starts with a UTF-16 byte-order mark); "
+            "save it as UTF-8",
+            line=1,
+        )
+    handle.seek(start)
+    offset, newlines = 0, 0  # bytes and newlines before the chunk, counted from ``start``
+    while chunk := handle.read(READ_CHUNK_BYTES):
+        nul = chunk.find(b"\x00")
+        if nul != -1:  # JSON text never holds a raw NUL byte; binary files nearly always do
+            raise DatasetError(
+                name,
+                f"a NUL byte (byte {offset + nul + 1} of the file): this is a binary file, "
+                "not UTF-8 JSON lines",
+                line=newlines + chunk.count(b"\n", 0, nul) + 1,
+            )
+        offset += len(chunk)
+        newlines += chunk.count(b"\n")
+    return start
+
+
+def _lines(handle: BinaryIO, max_line_bytes: int | None) -> Iterator[tuple[int, bytes, int]]:
+    """(1-based line number, the line without its newline, its length in bytes), one line at a
+    time. A line over ``max_line_bytes`` is read past to measure it, not kept: its ``raw`` is
+    then only its first ``max_line_bytes + 1`` bytes."""
+    limit = -1 if max_line_bytes is None else max_line_bytes + 1
+    for lineno in itertools.count(1):
+        raw = handle.readline(limit)
+        if not raw:
+            return
+        length = len(raw)
+        ended = raw.endswith(b"\n")
+        while not ended:  # past the limit, or the last line (no newline at the end of the file)
+            more = handle.readline(READ_CHUNK_BYTES)
+            if not more:
+                break
+            length += len(more)
+            ended = more.endswith(b"\n")
+        yield lineno, raw.removesuffix(b"\n"), length - 1 if ended else length
+
+
+def _count_examples(lines: Iterator[tuple[int, bytes, int]], name: str, limits: ChatLimits) -> int:
+    """Check every line, collecting one problem per broken line up to ``limits.max_errors``
+    (contracts.chat's rules and messages); the number of examples."""
+    problems: list[DatasetError] = []
+    examples = 0  # non-blank lines, valid or not
+    valid = 0
+    for lineno, raw, length in lines:
+        try:
+            if limits.max_line_bytes is not None and length > limits.max_line_bytes:
+                raise DatasetError(
+                    name,
+                    f"line is {length} bytes, longer than the limit of "
+                    f"{limits.max_line_bytes} bytes",
+                    line=lineno,
+                )
+            text = line_text(raw, name, lineno, limits.max_line_bytes)
+            if not text.strip():
+                continue
+            examples += 1
+            if limits.max_examples is not None and examples > limits.max_examples:
+                reason = f"too many examples: the limit is {limits.max_examples}"
+                problems.append(DatasetError(name, reason, line=lineno))
+                break
+            obj = parse_json_object(text, name, lineno)
+            _conversation(obj, name, lineno, limits.max_example_tokens)
+            valid += 1
+        except DatasetError as problem:
+            problems.append(problem)
+            if len(problems) >= limits.max_errors:
+                raise DatasetError.collected(problems, truncated=True) from None
+    if problems:
+        raise DatasetError.collected(problems, truncated=False)
+    if examples == 0:
+        raise DatasetError(name, "the file contains no examples (only blank lines)")
+    if valid < limits.min_examples:
+        raise DatasetError(
+            name, f"too few examples: {valid}, at least {limits.min_examples} are needed"
+        )
+    return valid
 
 
 def _check_storage_quota(
@@ -122,8 +226,7 @@ def create(
         )
     filename = upload.filename
     _check_filename(filename)
-    # The validator takes bytes (contracts.chat): the file is in memory for this step only.
-    examples = _validate(settings, filename, upload.path.read_bytes())
+    examples = validate_file(settings, filename, upload.path)  # line by line, from disk
     _check_storage_quota(session, auth, settings, upload.size)
     path = blob_path(settings, upload.sha256)
     _place(upload, path)
