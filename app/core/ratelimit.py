@@ -11,7 +11,9 @@ request is allowed (``Retry-After``) falls out of the same arithmetic.
 
 Production runs several API processes, so the count must be shared: the check and the update
 run as one Lua script in Redis (atomic, one round trip), on Redis's own clock so that hosts
-whose clocks disagree still agree on the limit. Embedded mode runs one API process (``safepatch
+whose clocks disagree still agree on the limit. Both limiters take a clock instead (``clock``),
+so tests set the time rather than wait for it; the Redis one then passes its reading to the
+script in place of Redis's. Embedded mode runs one API process (``safepatch
 serve``) and has no Redis, so the same arithmetic runs in memory under a lock. A SQL table
 would also be shared, but it would add a write to every request, and on SQLite every write
 takes the one database lock the worker needs.
@@ -122,12 +124,16 @@ class LocalRateLimiter:
 
 
 # The same arithmetic as gcra(), in microseconds (integers survive Lua's doubles exactly).
+# ``now`` is Redis's TIME, or ARGV[3] when the limiter has a clock of its own (tests).
 # TIME makes the script non-deterministic: replicate_commands() (a no-op from Redis 7 on)
 # lets it write anyway on Redis 5 and 6.
 _GCRA_SCRIPT = """
 redis.replicate_commands()
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = tonumber(ARGV[3])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
 local interval = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1])) or now
@@ -142,9 +148,21 @@ return {1, new_tat - now}
 
 
 class RedisRateLimiter:
-    """GCRA in Redis, shared by every API process; counts in this process while Redis is away."""
+    """GCRA in Redis, shared by every API process; counts in this process while Redis is away.
 
-    def __init__(self, url: str, *, limit: int, window_s: float, key_prefix: str) -> None:
+    Without ``clock``, the windows are on Redis's clock and the backoff and the fallback on
+    this host's ``time.monotonic``. With one (seconds, set by a test), all three are on it.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        limit: int,
+        window_s: float,
+        key_prefix: str,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.limit = limit
         self.window_s = window_s
         self._interval_us = max(1, round(window_s * 1e6 / limit))
@@ -154,19 +172,22 @@ class RedisRateLimiter:
             url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
         )
         self._script = self._client.register_script(_GCRA_SCRIPT)
-        self._retry_at = 0.0  # monotonic time before which Redis is not asked
+        self._clock = clock  # None: Redis's TIME
+        self._local_clock = clock or time.monotonic
+        self._retry_at = -math.inf  # the local clock's time before which Redis is not asked
         # While Redis is away: the same limit, counted in this process.
-        self._fallback = LocalRateLimiter(limit, window_s)
+        self._fallback = LocalRateLimiter(limit, window_s, clock=self._local_clock)
 
     def hit(self, key: str) -> Decision:
-        if time.monotonic() < self._retry_at:
+        if self._local_clock() < self._retry_at:
             return self._fallback.hit(key)
+        args = [self._interval_us, self._window_us]
+        if self._clock is not None:
+            args.append(round(self._clock() * 1e6))
         try:
-            allowed, ahead_us = self._script(
-                keys=[self._prefix + key], args=[self._interval_us, self._window_us]
-            )
+            allowed, ahead_us = self._script(keys=[self._prefix + key], args=args)
         except redis.RedisError as error:
-            self._retry_at = time.monotonic() + REDIS_BACKOFF_S
+            self._retry_at = self._local_clock() + REDIS_BACKOFF_S
             log.warning(
                 "rate limit counted in this process for %.0f s, Redis unavailable: %s",
                 REDIS_BACKOFF_S,
