@@ -233,6 +233,18 @@ def safety_key(stage: EvalStage) -> str:
     return "baseline" if stage is EvalStage.BASE else stage.value
 
 
+def _report_set(report: dict[str, Any] | None) -> str:
+    """The report set's rates with their intervals: the numbers no decision read."""
+    if not report:
+        return "-"
+    asr_low, asr_high = report["asr_interval"]
+    over_low, over_high = report["over_refusal_interval"]
+    return (
+        f"{report['asr']:.3f} [{asr_low:.3f}, {asr_high:.3f}] of {report['n_harmful']}, "
+        f"{report['over_refusal']:.3f} [{over_low:.3f}, {over_high:.3f}] of {report['n_benign']}"
+    )
+
+
 def print_summary(
     job: dict[str, Any], audit: list[dict[str, Any]], downloaded: Path | None
 ) -> None:
@@ -243,13 +255,15 @@ def print_summary(
     say(f"job {job['id']}: {job['status']}")
     if job["error"]:
         say(f"error: {job['error']['code']}: {job['error']['message']}")
-    print(f"\n  {'model':<{LABEL_WIDTH}}{'ASR':>8}{'over-refusal':>15}{'utility':>10}")
+    print(f"\n  {'model':<{LABEL_WIDTH}}{'ASR':>8}{'over-refusal':>15}{'utility':>10}"
+          "   report set: ASR [95% CI], over-refusal [95% CI]")  # fmt: skip
     for stage in EvalStage:
-        numbers = [
-            _number((safety.get(safety_key(stage)) or {}).get(name))
-            for name in ("asr", "over_refusal", "utility")
-        ]
-        print(f"  {stage.label:<{LABEL_WIDTH}}{numbers[0]:>8}{numbers[1]:>15}{numbers[2]:>10}")
+        numbers = safety.get(safety_key(stage)) or {}
+        gate = [_number(numbers.get(name)) for name in ("asr", "over_refusal", "utility")]
+        print(
+            f"  {stage.label:<{LABEL_WIDTH}}{gate[0]:>8}{gate[1]:>15}{gate[2]:>10}"
+            f"   {_report_set(numbers.get('report'))}"
+        )
     judge = (safety.get("fine_tuned") or safety.get("baseline") or {}).get("judge", "?")
     print(f"  (judge: {judge})\n")
     drift = safety.get("drift")

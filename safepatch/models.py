@@ -182,9 +182,11 @@ def publish_aligned(
     judge = get_judge()
     loaded = load_suites(suites)
     typer.echo("evaluating the aligned model on the suites...", err=True)
-    metrics = evaluate(
-        model, tokenizer, EvalSuite(loaded.harmful, loaded.benign, loaded.general), judge
-    )
+    suite = EvalSuite(
+        loaded.harmful, loaded.benign, loaded.general,
+        report_harmful=loaded.report_harmful, report_benign=loaded.report_benign,
+    )  # fmt: skip
+    metrics = evaluate(model, tokenizer, suite, judge)
     target_path = model_path(models_dir(), target)
     saved = checkpoints.save_model(
         model,

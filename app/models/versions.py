@@ -215,6 +215,8 @@ def audit_evaluation(
         EVALUATION_RECORDED,
         {"model": model, "stage": stage, "judge": summary["judge"]}
         | {key: summary.get(key) for key in ("asr", "over_refusal", "utility")}
+        # The report set's rates (and intervals), which no decision read: the numbers to quote.
+        | {"report": summary.get("report")}
         | {"suite_version": suite_version},
         actor,
     )
@@ -235,7 +237,10 @@ def record_baseline(
     per suite version; the row shows the latest)."""
     record: BaseModelRecord | None = repository.get_base(session, base)
     if record is not None:
-        keys = ("asr", "over_refusal", "judge", "n_harmful", "n_benign", "general_accuracy")
+        keys = (
+            *("asr", "over_refusal", "judge", "n_harmful", "n_benign", "general_accuracy"),
+            *("asr_interval", "over_refusal_interval", "report"),
+        )
         record.baseline_metrics = {key: summary.get(key) for key in keys}
         record.suite_version = suite_version
 

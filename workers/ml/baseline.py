@@ -22,7 +22,7 @@ def load_baseline(base_path: Path, suites: SuiteFiles, judge_name: str) -> Stage
     path = baseline_path(base_path, suites, judge_name)
     if not path.is_file():
         return None
-    return StageMetrics(**json.loads(path.read_text()))
+    return StageMetrics.from_dict(json.loads(path.read_text()))
 
 
 def store_baseline(

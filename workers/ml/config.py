@@ -154,7 +154,14 @@ class PipelineConfig:
     validation_fraction: float = field(
         default=0.2, metadata={"help": "share of the training file held out without --validation"}
     )
-    judge: str = field(default="keyword", metadata={"help": "refusal judge name"})
+    judge: str = field(
+        default="reply",
+        metadata={"help": "refusal judge: reply, keyword or guard (SAFEPATCH_GUARD_JUDGE_DIR)"},
+    )
+    extra_judges: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "judges whose readings are reported too (decisions read only --judge)"},
+    )
     rule: AcceptanceRule = field(default_factory=AcceptanceRule)
     patch: PatchStageConfig = field(default_factory=PatchStageConfig)
 

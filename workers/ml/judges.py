@@ -1,7 +1,9 @@
-"""Refusal judges: decide whether a reply refuses the request.
+"""Refusal judges: decide whether a reply refuses the request (makes no attempt at it).
 
-Every metric records the judge's ``name``, since a keyword judge and a classifier disagree often
-(keyword judging agrees with humans ~70% of the time, a trained classifier ~93%).
+Every metric records the judge's ``name``, since judges disagree often. The default is the
+whole-reply judge (``workers/ml/reply_judge.py``); the keyword judge below, which reads only a
+reply's opening, is kept as the reference the agreement bench compares against
+(docs/judging.md).
 """
 
 from __future__ import annotations
@@ -72,12 +74,28 @@ class KeywordRefusalJudge:
         return any(marker in opening for marker in self.markers)
 
 
+def _whole_reply() -> Judge:
+    from workers.ml.reply_judge import WholeReplyJudge
+
+    return WholeReplyJudge()
+
+
+def _guard_classifier() -> Judge:
+    """A local Llama Guard-format classifier from ``SAFEPATCH_GUARD_JUDGE_DIR`` (GPU hosts)."""
+    from workers.ml.guard_judge import guard_judge_from_env
+
+    return guard_judge_from_env()
+
+
 JUDGES: dict[str, Callable[[], Judge]] = {
+    "reply": _whole_reply,
+    "guard": _guard_classifier,
     "keyword": KeywordRefusalJudge,
 }
+DEFAULT_JUDGE = "reply"
 
 
-def get_judge(name: str = "keyword") -> Judge:
+def get_judge(name: str = DEFAULT_JUDGE) -> Judge:
     """Build a registered judge. A classifier or LLM judge registers a factory in ``JUDGES``."""
     try:
         return JUDGES[name]()

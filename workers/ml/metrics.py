@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 
@@ -41,3 +42,23 @@ def contains_any(reply: str, answers: tuple[str, ...]) -> bool:
 
 def fraction(flags: list[bool]) -> float:
     return sum(flags) / len(flags) if flags else 0.0
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The 95% Wilson score interval of a rate of ``successes`` in ``n`` (0 to 1 when n is 0).
+
+    Unlike the normal approximation it stays inside [0, 1] and is not zero-width at 0 of n,
+    which matters here: an aligned model's ASR is a few prompts of a couple of hundred.
+    """
+    if n == 0:
+        return (0.0, 1.0)
+    rate = successes / n
+    denominator = 1 + z * z / n
+    centre = (rate + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / denominator
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def rate_with_interval(flags: list[bool]) -> tuple[float, tuple[float, float]]:
+    """The share of True in ``flags`` and its Wilson interval."""
+    return fraction(flags), wilson_interval(sum(flags), len(flags))

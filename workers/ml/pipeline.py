@@ -22,6 +22,7 @@ from pathlib import Path
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from contracts.chat import Conversation, load_chat_jsonl
+from contracts.prompts import load_prompts
 from contracts.stages import EvalStage
 from workers import data
 from workers.ml import checkpoints
@@ -29,7 +30,7 @@ from workers.ml.acceptance import drifted
 from workers.ml.baseline import load_baseline, store_baseline
 from workers.ml.config import PipelineConfig
 from workers.ml.device import Placement, peak_memory_bytes, select_placement
-from workers.ml.evaluate import EvalSuite, StageMetrics, evaluate
+from workers.ml.evaluate import EvalSuite, StageMetrics, evaluate, with_other_judges
 from workers.ml.events import (
     DriftDecided,
     EventSink,
@@ -66,10 +67,15 @@ def run_pipeline(
 ) -> PipelineResult:
     placement = placement or select_placement()
     judge = get_judge(config.judge)
+    # Judges whose readings are reported next to the main judge's (decisions read only the main).
+    others = [get_judge(name) for name in config.extra_judges]
     timings: dict[str, float] = {}
     train, validation = _customer_data(config)
     suites = load_suites(config.suites)
-    eval_suite = EvalSuite(suites.harmful, suites.benign, suites.general, validation)
+    eval_suite = EvalSuite(
+        suites.harmful, suites.benign, suites.general, validation,
+        report_harmful=suites.report_harmful, report_benign=suites.report_benign,
+    )  # fmt: skip
 
     base_path = models_dir / config.base
     on_event(Notice(f"loading base model {config.base}"))
@@ -77,7 +83,7 @@ def run_pipeline(
 
     started = time.perf_counter()
     base_metrics = _baseline(
-        base_model, tokenizer, base_path, config, eval_suite, judge, placement, on_event
+        base_model, tokenizer, base_path, config, eval_suite, (judge, *others), placement, on_event
     )
     timings["baseline"] = time.perf_counter() - started
 
@@ -98,7 +104,8 @@ def run_pipeline(
         tokenizer,
         train,
         config,
-        suites.harmful,
+        # The fine-tune's drift trend reads pool prompts: the gate and report sets stay unseen.
+        load_prompts(data.SAFETY_POOL),
         judge,
         placement,
         work_dir,
@@ -116,8 +123,9 @@ def run_pipeline(
     on_event(StageEntered(PipelineStage.EVALUATING, "evaluating the fine-tuned model"))
     started = time.perf_counter()
     finetuned_metrics = _evaluate(
-        finetuned, tokenizer, eval_suite, judge, placement, on_event, EvalStage.FINE_TUNED
-    )
+        finetuned, tokenizer, eval_suite, (judge, *others), placement, on_event,
+        EvalStage.FINE_TUNED,
+    )  # fmt: skip
     write_records(work_dir, EvalStage.FINE_TUNED, finetuned_metrics)
     timings["evaluate_finetuned"] = time.perf_counter() - started
 
@@ -149,6 +157,8 @@ def run_pipeline(
         )
         timings["patch_total"] = time.perf_counter() - started
         patched_metrics, patch_report = outcome.metrics, outcome.report
+        if patched_metrics is not None:
+            patched_metrics = with_other_judges(patched_metrics, others)
         if outcome.model is not None:
             patched_path = work_dir / "patched"
             checkpoints.save_model(
@@ -202,23 +212,26 @@ def _baseline(
     base_path: Path,
     config: PipelineConfig,
     suite: EvalSuite,
-    judge: Judge,
+    judges: tuple[Judge, ...],
     placement: Placement,
     on_event: EventSink,
 ) -> StageMetrics:
-    """The base model's safety numbers are cached per suite; its utility on this customer's
-    task is not (it depends on the customer's validation data) and is measured each time."""
-    cached = load_baseline(base_path, config.suites, judge.name)
+    """The base model's safety numbers are cached per suite and judges; its utility on this
+    customer's task is not (it depends on the customer's validation data) and is measured each
+    time."""
+    key = "+".join(judge.name for judge in judges)
+    cached = load_baseline(base_path, config.suites, key)
     if cached is None:
         on_event(Notice("evaluating the base model"))
-        metrics = _evaluate(model, tokenizer, suite, judge, placement, on_event, EvalStage.BASE)
-        store_baseline(base_path, config.suites, judge.name, metrics)
+        metrics = _evaluate(model, tokenizer, suite, judges, placement, on_event, EvalStage.BASE)
+        store_baseline(base_path, config.suites, key, metrics)
         return metrics
     on_event(Notice("base model baseline (cached)"))
     task_only = evaluate(
-        model, tokenizer, EvalSuite(utility=suite.utility), judge, placement=placement
+        model, tokenizer, EvalSuite(utility=suite.utility), judges[0], placement=placement
     )
     cached.utility, cached.utility_f1 = task_only.utility, task_only.utility_f1
+    cached.utility_interval = task_only.utility_interval
     cached.n_utility, cached.records = task_only.n_utility, task_only.records
     on_event(StageEvaluated(EvalStage.BASE, cached.numbers()))
     return cached
@@ -228,15 +241,20 @@ def _evaluate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     suite: EvalSuite,
-    judge: Judge,
+    judges: tuple[Judge, ...],
     placement: Placement,
     on_event: EventSink,
     stage: EvalStage,
 ) -> StageMetrics:
+    """Evaluate with the main judge (``judges[0]``), then add the others' readings."""
+
     def on_progress(suite_name: str, done: int, total: int) -> None:
         on_event(GenerationProgress(stage=stage, suite=suite_name, done=done, total=total))
 
-    metrics = evaluate(model, tokenizer, suite, judge, placement=placement, on_progress=on_progress)
+    metrics = evaluate(
+        model, tokenizer, suite, judges[0], placement=placement, on_progress=on_progress
+    )
+    metrics = with_other_judges(metrics, judges[1:])
     on_event(StageEvaluated(stage, metrics.numbers()))
     return metrics
 

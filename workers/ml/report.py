@@ -6,15 +6,57 @@ error, not a key that silently goes missing.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Self
 
 from contracts.stages import EvalStage
+
+Interval = tuple[float, float]  # a 95% Wilson interval (low, high) around a rate
+
+
+@dataclass(frozen=True)
+class ReportSet:
+    """A model's rates on the report set: prompts no decision ever reads (not screening, not
+    stopping, not the acceptance gate), so they show how the patch holds on prompts nobody tuned
+    to. The gate's numbers are the ``StageSummary`` fields themselves."""
+
+    asr: float
+    over_refusal: float
+    n_harmful: int
+    n_benign: int
+    asr_interval: Interval
+    over_refusal_interval: Interval
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReportSet:
+        return cls(
+            asr=data["asr"],
+            over_refusal=data["over_refusal"],
+            n_harmful=data["n_harmful"],
+            n_benign=data["n_benign"],
+            asr_interval=_interval(data["asr_interval"]),
+            over_refusal_interval=_interval(data["over_refusal_interval"]),
+        )
+
+
+@dataclass(frozen=True)
+class JudgeReading:
+    """Another configured judge's reading of the same replies (no decision reads it)."""
+
+    judge: str
+    asr: float
+    over_refusal: float
+    report_asr: float | None = None
+    report_over_refusal: float | None = None
 
 
 @dataclass
 class StageSummary:
-    """One model's numbers on the suites and the customer's task (no per-prompt records)."""
+    """One model's numbers on the gate suites and the customer's task (no per-prompt records).
+
+    ``asr`` and ``over_refusal`` are the acceptance gate's: drift and acceptance decide on them.
+    ``report`` holds the report set's, which is what jobs, audit records and benches quote.
+    """
 
     asr: float
     over_refusal: float
@@ -27,13 +69,49 @@ class StageSummary:
     general_accuracy: float | None = None
     n_general: int = 0
     seconds: float = 0.0
+    asr_interval: Interval = (0.0, 1.0)
+    over_refusal_interval: Interval = (0.0, 1.0)
+    utility_interval: Interval = (0.0, 1.0)
+    report: ReportSet | None = None
+    other_judges: tuple[JudgeReading, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def on_report_set(self) -> StageSummary | None:
+        """These numbers with the report set's ASR and over-refusal in the gate's place (for the
+        acceptance rule read on the report set); None when the report set was not measured."""
+        if self.report is None:
+            return None
+        return replace(
+            self,
+            asr=self.report.asr,
+            over_refusal=self.report.over_refusal,
+            n_harmful=self.report.n_harmful,
+            n_benign=self.report.n_benign,
+            asr_interval=self.report.asr_interval,
+            over_refusal_interval=self.report.over_refusal_interval,
+            report=None,
+            other_judges=(),
+        )
+
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StageSummary:
-        return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        values = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+        for name in ("asr_interval", "over_refusal_interval", "utility_interval"):
+            if name in values:
+                values[name] = _interval(values[name])
+        if values.get("report") is not None:
+            values["report"] = ReportSet.from_dict(values["report"])
+        values["other_judges"] = tuple(
+            JudgeReading(**reading) for reading in values.get("other_judges", ())
+        )
+        return cls(**values)
+
+
+def _interval(value: Any) -> Interval:
+    low, high = value
+    return (float(low), float(high))
 
 
 @dataclass(frozen=True)
@@ -135,6 +213,10 @@ class PatchReport:
     selection: SelectionReport | None
     attempts: tuple[AttemptSummary, ...]
     total_seconds: float
+    # The same rule read on the report set, after every choice was made: measured, never acted
+    # on (None when no report set was given).
+    report_accepted: bool | None = None
+    report_reasons: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,19 @@ class SuiteFiles:
     harmful: Path = data.HARMFUL_EVAL
     benign: Path = data.BORDERLINE_EVAL
     general: Path | None = data.GENERAL_EVAL
+    report_harmful: Path | None = data.REPORT_HARMFUL
+    report_benign: Path | None = data.REPORT_BENIGN
 
     def fingerprint(self) -> str:
         """Changes whenever a suite file's bytes change: keys the cached base-model baseline."""
         digest = hashlib.sha256(data.SUITE_VERSION.encode())
-        for path in (self.harmful, self.benign, self.general):
+        for path in (
+            self.harmful,
+            self.benign,
+            self.general,
+            self.report_harmful,
+            self.report_benign,
+        ):
             if path is not None:
                 digest.update(path.read_bytes())
         return digest.hexdigest()[:16]
@@ -31,6 +39,8 @@ class LoadedSuites:
     harmful: list[Prompt]
     benign: list[Prompt]
     general: list[Prompt]
+    report_harmful: list[Prompt]
+    report_benign: list[Prompt]
 
 
 def load_suites(files: SuiteFiles) -> LoadedSuites:
@@ -38,6 +48,8 @@ def load_suites(files: SuiteFiles) -> LoadedSuites:
         harmful=load_prompts(files.harmful),
         benign=load_prompts(files.benign),
         general=load_prompts(files.general) if files.general else [],
+        report_harmful=load_prompts(files.report_harmful) if files.report_harmful else [],
+        report_benign=load_prompts(files.report_benign) if files.report_benign else [],
     )
 
 

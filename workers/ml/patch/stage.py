@@ -1,7 +1,8 @@
 """The patch stage of the pipeline: choose, patch, verify, and try the next candidate on a miss.
 
 Each attempt patches a fresh copy of the fine-tuned model with one candidate, evaluates it on the
-full suites and judges it by the acceptance rule (each number against its right reference). At
+acceptance gate's suites and judges it by the acceptance rule (each number against its right
+reference). The report set is read once, on the model finally kept, after every choice is made. At
 most ``max_patch_attempts`` candidates are tried; when none passes, the attempt that missed the
 rule by the least is reported as not accepted, with the reasons, never dressed up as a pass.
 """
@@ -23,7 +24,7 @@ from workers.ml.acceptance import Verdict, excess, judge_patch
 from workers.ml.chat import ChatMessage
 from workers.ml.config import AcceptanceRule, PatchConfig, PatchStageConfig, PipelineConfig
 from workers.ml.device import Placement
-from workers.ml.evaluate import EvalSuite, StageMetrics, evaluate
+from workers.ml.evaluate import EvalSuite, StageMetrics, evaluate, with_report
 from workers.ml.events import (
     CandidatesRanked,
     EventSink,
@@ -235,7 +236,7 @@ def patch_until_accepted(
                 PipelineStage.VERIFYING, f"verifying attempt {number} on the full suites", number
             )
         )
-        metrics = evaluate(patched, tokenizer, eval_suite, judge, placement=placement)
+        metrics = evaluate(patched, tokenizer, eval_suite.gate_only(), judge, placement=placement)
         verdict = judge_patch(base_metrics, finetuned_metrics, metrics, config.rule)
         on_event(
             PatchVerified(
@@ -250,6 +251,13 @@ def patch_until_accepted(
             break
 
     best = best_attempt(attempts, base_metrics, finetuned_metrics, config.rule)
+    if eval_suite.report_harmful or eval_suite.report_benign:
+        # Only now, with the choice made on the gate, is the kept model read on the report set.
+        on_event(StageEntered(PipelineStage.VERIFYING, "measuring the patch on the report set"))
+        report_metrics = evaluate(best.model, tokenizer, eval_suite.report_only(), judge,
+                                  placement=placement)  # fmt: skip
+        best.metrics = with_report(best.metrics, report_metrics)
+    on_report = _on_report_set(base_metrics, finetuned_metrics, best.metrics, config.rule)
     result = best.result
     report = PatchReport(
         strategy=result.strategy,
@@ -272,6 +280,8 @@ def patch_until_accepted(
         ),
         attempts=tuple(attempt.summary() for attempt in attempts),
         total_seconds=time.perf_counter() - started,
+        report_accepted=on_report.accepted if on_report else None,
+        report_reasons=on_report.reasons if on_report else (),
     )
     return PatchOutcome(model=best.model, metrics=best.metrics, report=report)
 
@@ -286,6 +296,16 @@ def best_attempt(
     of equal ones. An accepted attempt is past none (0) and a rejected one past at least one, by
     more than the rule's tolerance, so an accepted attempt is always the one chosen."""
     return min(attempts, key=lambda attempt: attempt.miss(base, finetuned, rule))
+
+
+def _on_report_set(
+    base: StageMetrics, finetuned: StageMetrics, patched: StageMetrics, rule: AcceptanceRule
+) -> Verdict | None:
+    """The acceptance rule read on the report set (None where a model lacks it)."""
+    sets = (base.on_report_set(), finetuned.on_report_set(), patched.on_report_set())
+    if sets[0] is None or sets[1] is None or sets[2] is None:
+        return None
+    return judge_patch(sets[0], sets[1], sets[2], rule)
 
 
 def _ranked(selection: Selection, example_id: str) -> RankedCandidate:
