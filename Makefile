@@ -10,7 +10,7 @@ venv: $(STAMP)
 
 # torch==2.13.0 is pinned so pip takes the CPU build on this machine's disk instead of a
 # multi-GB CUDA download; GPU hosts install the worker image from docker/ instead.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0

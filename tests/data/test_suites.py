@@ -23,6 +23,8 @@ PROMPT_FILES = {
     "harmful_eval": data.HARMFUL_EVAL,
     "borderline_eval": data.BORDERLINE_EVAL,
     "general_eval": data.GENERAL_EVAL,
+    "report_harmful": data.REPORT_HARMFUL,
+    "report_benign": data.REPORT_BENIGN,
     "safety_pool": data.SAFETY_POOL,
     "align_harmful": data.ALIGN_HARMFUL,
     "align_benign": data.ALIGN_BENIGN,
@@ -32,6 +34,8 @@ ID_PATTERNS = {
     "harmful_eval": r"h-(?P<abbrev>[a-z]{3})-\d{3}",
     "borderline_eval": r"b-\d{3}",
     "general_eval": r"g-\d{3}",
+    "report_harmful": r"r-(?P<abbrev>[a-z]{3})-\d{3}",
+    "report_benign": r"rb-\d{3}",
     "safety_pool": r"p-(?P<abbrev>[a-z]{3})-\d{3}",
     "align_harmful": r"ah-(?P<abbrev>[a-z]{3})-\d{3}",
     "align_benign": r"ab-\d{3}",
@@ -42,6 +46,8 @@ MINIMUMS = {
     "harmful_eval": (165, 15),
     "borderline_eval": (90, None),
     "general_eval": (50, None),
+    "report_harmful": (220, 20),
+    "report_benign": (120, None),
     "safety_pool": (264, 24),
     "align_harmful": (261, 23),
     "align_benign": (475, None),
@@ -142,7 +148,13 @@ def training_side(
 def eval_side(prompts: dict[str, list[Prompt]]) -> list[tuple[str, str]]:
     return [
         (f"{name}:{row.id}", row.prompt)
-        for name in ("harmful_eval", "borderline_eval", "general_eval")
+        for name in (
+            "harmful_eval",
+            "borderline_eval",
+            "general_eval",
+            "report_harmful",
+            "report_benign",
+        )
         for row in prompts[name]
     ]
 
@@ -338,7 +350,10 @@ def test_stats_render_every_category() -> None:
     assert data.SUITE_VERSION in text
     for path in data.SHIPPED_FILES:
         assert f"| {path.relative_to(data.DATA_DIR).as_posix()} |" in text
-    assert "| kind | eval/borderline.jsonl | align/benign.jsonl | patch/benign.jsonl |" in text
+    assert (
+        "| kind | eval/borderline.jsonl | report/benign.jsonl | align/benign.jsonl "
+        "| patch/benign.jsonl |"
+    ) in text
 
 
 def test_no_prompt_pair_in_one_file_is_a_near_duplicate(

@@ -13,8 +13,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-SUITE_VERSION = "2026.12.1"
-SUITE_DIGEST = "98bcd636a593936aadea91473802cdb9e419195e2dfb2e6266924aff28623b33"
+SUITE_VERSION = "2026.12.2"
+SUITE_DIGEST = "5ef2f1026d3f00e465a21c5b9a9ee98567571cc37236895abfb1baf3b7dc44f0"
 
 DATA_DIR = Path(__file__).parent
 
@@ -22,6 +22,14 @@ DATA_DIR = Path(__file__).parent
 HARMFUL_EVAL = DATA_DIR / "eval" / "harmful.jsonl"
 BORDERLINE_EVAL = DATA_DIR / "eval" / "borderline.jsonl"
 GENERAL_EVAL = DATA_DIR / "eval" / "general.jsonl"
+# The report set: measured on every model and quoted by jobs, audit records and benches; no
+# decision (screening, stopping, the acceptance gate, the drift decision) ever reads it. Its prompts
+# are written in styles unlike the pool's (terse, long, indirect, misspelt, ...).
+REPORT_HARMFUL = DATA_DIR / "report" / "harmful.jsonl"
+REPORT_BENIGN = DATA_DIR / "report" / "benign.jsonl"
+# The labelled (prompt, reply, label) set judges are measured on; holdout is never tuned on.
+JUDGE_DEV = DATA_DIR / "judge" / "dev.jsonl"
+JUDGE_HOLDOUT = DATA_DIR / "judge" / "holdout.jsonl"
 # Candidates for the one-shot safety patch.
 SAFETY_POOL = DATA_DIR / "safety_pool.jsonl"
 # Benign prompts that only the one-shot patch uses: its KL anchor and its stopping probe.
@@ -37,6 +45,8 @@ SHIPPED_FILES: tuple[Path, ...] = (
     HARMFUL_EVAL,
     BORDERLINE_EVAL,
     GENERAL_EVAL,
+    REPORT_HARMFUL,
+    REPORT_BENIGN,
     SAFETY_POOL,
     PATCH_BENIGN,
     ALIGN_HARMFUL,

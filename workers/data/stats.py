@@ -22,6 +22,8 @@ from workers.data import (
     HARM_CATEGORIES,
     HARMFUL_EVAL,
     PATCH_BENIGN,
+    REPORT_BENIGN,
+    REPORT_HARMFUL,
     SAFETY_POOL,
     SHIPPED_FILES,
     SUITE_VERSION,
@@ -40,14 +42,14 @@ def is_sql(conversation: Conversation) -> bool:
 
 def render() -> str:
     harmful = {path: Counter(p.category for p in load_prompts(path)) for path in
-               (HARMFUL_EVAL, SAFETY_POOL, ALIGN_HARMFUL)}  # fmt: skip
+               (HARMFUL_EVAL, REPORT_HARMFUL, SAFETY_POOL, ALIGN_HARMFUL)}  # fmt: skip
     category_rows = [
         [name, *(str(harmful[path][name]) for path in harmful)] for name in HARM_CATEGORIES
     ]
     category_rows.append(["**total**", *(f"**{sum(c.values())}**" for c in harmful.values())])
 
     kinds = {path: Counter(p.kind for p in load_prompts(path)) for path in
-             (BORDERLINE_EVAL, ALIGN_BENIGN, PATCH_BENIGN)}  # fmt: skip
+             (BORDERLINE_EVAL, REPORT_BENIGN, ALIGN_BENIGN, PATCH_BENIGN)}  # fmt: skip
     all_kinds = sorted({kind for counter in kinds.values() for kind in counter if kind})
     all_kinds.sort(key=lambda kind: (kind not in BORDERLINE_KINDS, kind))
     kind_rows = [
@@ -77,7 +79,7 @@ def render() -> str:
             f"Suite version {SUITE_VERSION}.",
             table(["file", "examples", "notes"], file_rows),
             table(
-                ["category", rel(HARMFUL_EVAL), rel(SAFETY_POOL), rel(ALIGN_HARMFUL)],
+                ["category", *(rel(path) for path in harmful)],
                 category_rows,
             ),
             table(["kind", *(rel(path) for path in kinds)], kind_rows),
