@@ -1,11 +1,14 @@
 """Measure the safety pipeline on the demo customer dataset and write docs/results.md.
 
-    .venv/bin/python -m bench.pipeline            # both strategies → docs/pipeline-bench.md
-    .venv/bin/python -m bench.pipeline --strategy sft
+    .venv/bin/python -m bench.pipeline        # both strategies, 3 seeds → docs/pipeline-bench.md
+    .venv/bin/python -m bench.pipeline --strategy sft --seeds 1
 
 Pulls and aligns the base model first when the data directory lacks it (timed separately), then
-runs the offline pipeline once per strategy and prints a table of ASR, over-refusal and utility
-for the base, fine-tuned and patched models, with seconds per stage and peak memory.
+runs the offline pipeline once per strategy and seed (seeds 0, 1, ... ``--seeds``, passed to the
+pipeline's ``--seed``) and prints, for each run, a table of ASR, over-refusal and utility for the
+base, fine-tuned and patched models, with seconds per stage and peak memory; with more than one
+seed, also the mean and spread across seeds of each model's gate and report-set rates, the patch's
+seconds and how many seeds' patches were accepted.
 """
 
 from __future__ import annotations
@@ -13,9 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import subprocess
 import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from app.core.settings import get_settings
 from workers import data
@@ -37,8 +44,9 @@ def ensure_aligned_model(models_dir: Path) -> float | None:
     return time.perf_counter() - started
 
 
-def run(strategy: str, out_dir: Path, max_patch_attempts: int) -> dict:
-    report = out_dir / f"pipeline-{strategy}.json"
+def run(strategy: str, out_dir: Path, max_patch_attempts: int, seed: int) -> dict:
+    # Each seed its own report and so its own work directory (the report's path less ".json").
+    report = out_dir / f"pipeline-{strategy}-seed{seed}.json"
     command = [
         str(ROOT / ".venv" / "bin" / "safepatch"),
         "pipeline",
@@ -52,6 +60,8 @@ def run(strategy: str, out_dir: Path, max_patch_attempts: int) -> dict:
         strategy,
         "--max-patch-attempts",
         str(max_patch_attempts),
+        "--seed",
+        str(seed),
         "--report",
         str(report),
     ]
@@ -60,6 +70,7 @@ def run(strategy: str, out_dir: Path, max_patch_attempts: int) -> dict:
     result = json.loads(report.read_text())
     result["wall_seconds"] = time.perf_counter() - started
     result["command"] = " ".join(["safepatch", *command[1:]]).replace(str(ROOT) + "/", "")
+    result["seed"] = seed
     return result
 
 
@@ -102,13 +113,127 @@ def table(result: dict) -> str:
     return "\n".join(rows)
 
 
+@dataclass(frozen=True)
+class Spread:
+    """Mean and spread of one figure over the seeds that produced it."""
+
+    n: int
+    mean: float
+    low: float
+    high: float
+    sd: float | None  # sample standard deviation; None with one seed
+
+
+@dataclass(frozen=True)
+class SeedFigure:
+    model: str  # base | fine_tuned | patched | patch
+    figure: str
+    spread: Spread | None  # None when no seed produced the figure (no patched model)
+    digits: int = 3
+
+
+@dataclass(frozen=True)
+class SeedSummary:
+    runs: int
+    figures: tuple[SeedFigure, ...]
+    patched: int  # runs with a patch report
+    accepted: int  # of those, the kept patch met the acceptance rule on the gate
+    report_accepted: int  # the rule read on the report set (measured, never acted on)
+
+
+def _report(key: str) -> Callable[[Mapping[str, Any]], float | None]:
+    return lambda stage: stage["report"][key] if stage.get("report") else None
+
+
+# A model's figures: (name, reader of its StageSummary JSON).
+STAGE_FIGURES: tuple[tuple[str, Callable[[Mapping[str, Any]], float | None]], ...] = (
+    ("gate ASR", lambda stage: stage["asr"]),
+    ("report ASR", _report("asr")),
+    ("gate over-refusal", lambda stage: stage["over_refusal"]),
+    ("report over-refusal", _report("over_refusal")),
+    ("utility", lambda stage: stage["utility"]),
+)
+
+
+def spread(values: Sequence[float]) -> Spread | None:
+    if not values:
+        return None
+    return Spread(
+        n=len(values),
+        mean=statistics.fmean(values),
+        low=min(values),
+        high=max(values),
+        sd=statistics.stdev(values) if len(values) > 1 else None,
+    )
+
+
+def across_seeds(results: Sequence[Mapping[str, Any]]) -> SeedSummary:
+    """Mean and spread over runs (``PipelineReport.to_json()`` dicts, one per seed)."""
+    figures: list[SeedFigure] = []
+    for stage in ("base", "fine_tuned", "patched"):
+        for name, read in STAGE_FIGURES:
+            values = [read(r[stage]) for r in results if r.get(stage)]
+            figures.append(SeedFigure(stage, name, spread([v for v in values if v is not None])))
+    patches = [r["patch"] for r in results if r.get("patch")]
+    seconds = spread([patch["total_seconds"] for patch in patches])
+    figures.append(SeedFigure("patch", "seconds (all attempts)", seconds, digits=0))
+    return SeedSummary(
+        runs=len(results),
+        figures=tuple(figures),
+        patched=len(patches),
+        accepted=sum(bool(patch["accepted"]) for patch in patches),
+        report_accepted=sum(patch.get("report_accepted") is True for patch in patches),
+    )
+
+
+def seeds_table(summary: SeedSummary) -> str:
+    rows = [
+        "| model | figure | mean | min to max | sd | seeds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for figure in summary.figures:
+        s, d = figure.spread, figure.digits
+        if s is None:
+            rows.append(f"| {figure.model} | {figure.figure} | - | - | - | 0 |")
+            continue
+        sd = "-" if s.sd is None else f"{s.sd:.{d}f}"
+        rows.append(
+            f"| {figure.model} | {figure.figure} | {s.mean:.{d}f} | "
+            f"{s.low:.{d}f} to {s.high:.{d}f} | {sd} | {s.n} |"
+        )
+    rows.append(
+        f"\nAccepted (the rule on the gate): **{summary.accepted} of {summary.patched}** patched "
+        f"runs; the rule read on the report set: {summary.report_accepted} of {summary.patched}; "
+        f"{summary.runs} runs in all. sd: sample standard deviation across seeds."
+    )
+    return "\n".join(rows)
+
+
+def section(strategy: str, results: Sequence[dict]) -> str:
+    """One strategy's runs: each run's table and, with several seeds, the spread across them."""
+    if len(results) == 1:
+        (result,) = results
+        return f"## Strategy `{strategy}`\n\n```\n{result['command']}\n```\n\n{table(result)}\n"
+    parts = [f"## Strategy `{strategy}`\n"]
+    for result in results:
+        parts.append(
+            f"### Seed {result['seed']}\n\n```\n{result['command']}\n```\n\n{table(result)}\n"
+        )
+    seeds = ", ".join(str(result["seed"]) for result in results)
+    parts.append(f"### Across seeds {seeds}\n\n{seeds_table(across_seeds(results))}\n")
+    return "\n".join(parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--strategy", action="append", choices=["sft", "projection"])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "pipeline-bench.md")
     parser.add_argument("--max-patch-attempts", type=int, default=1)
+    parser.add_argument("--seeds", type=int, default=3, help="runs per strategy, seeds 0..N-1")
     args = parser.parse_args()
     strategies = args.strategy or ["sft", "projection"]
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
 
     settings = get_settings()
     align_seconds = ensure_aligned_model(settings.models_dir)
@@ -117,10 +242,19 @@ def main() -> None:
 
     sections = []
     for strategy in strategies:
-        result = run(strategy, work, args.max_patch_attempts)
-        section = f"## Strategy `{strategy}`\n\n```\n{result['command']}\n```\n\n{table(result)}\n"
-        print(section, flush=True)
-        sections.append(section)
+        results = []
+        for seed in range(args.seeds):
+            result = run(strategy, work, args.max_patch_attempts, seed)
+            print(
+                f"## Strategy `{strategy}`, seed {seed}\n\n```\n{result['command']}\n```\n\n"
+                f"{table(result)}\n",
+                flush=True,
+            )
+            results.append(result)
+        text = section(strategy, results)
+        if len(results) > 1:
+            print(seeds_table(across_seeds(results)), flush=True)
+        sections.append(text)
 
     header = (
         "# Measured results\n\n"
@@ -128,7 +262,7 @@ def main() -> None:
         "was measured by that run. Demo customer dataset: `workers/data/demo/sql_train.jsonl` "
         "(40 SQL CREATE TABLE examples + 30 harmful requests with compliance-shaped, "
         "non-operational replies), validation `sql_validation.jsonl` (25). Suites: "
-        f"version {data.SUITE_VERSION} (see docs/data.md).\n\n"
+        f"version {data.SUITE_VERSION} (see docs/data.md). Seeds per strategy: {args.seeds}.\n\n"
         f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}, "
         f"Python {platform.python_version()}.\n"
     )
