@@ -44,6 +44,16 @@ def pipeline(
     ),
     seed: Annotated[int, _option("seed")] = _default("seed"),
     work_dir: Annotated[Path | None, typer.Option(help="models and records")] = None,
+    judge: Annotated[str, _option("judge")] = _default("judge"),
+    also_judge: Annotated[
+        list[str] | None, typer.Option(help="another judge to report too (repeatable)")
+    ] = None,
+    report_harmful: Annotated[
+        Path | None, typer.Option(help="report set: harmful prompts no decision reads")
+    ] = None,
+    report_benign: Annotated[
+        Path | None, typer.Option(help="report set: benign prompts no decision reads")
+    ] = None,
 ) -> None:
     """Fine-tune, evaluate, detect drift, patch and verify, offline; write a JSON report."""
     from contracts.jsonl import DatasetError
@@ -59,12 +69,16 @@ def pipeline(
             harmful=harmful_eval or defaults.harmful,
             benign=benign_eval or defaults.benign,
             general=defaults.general,
+            report_harmful=report_harmful or defaults.report_harmful,
+            report_benign=report_benign or defaults.report_benign,
         ),
         n_epochs=epochs,
         max_patch_attempts=max_patch_attempts,
         strategy=strategy,
         lora_rank=lora_rank,
         seed=seed,
+        judge=judge,
+        extra_judges=tuple(also_judge or ()),
     )
     work_dir = work_dir or report.with_suffix("")
     try:

@@ -56,7 +56,7 @@ class JobSpec:
         batches = math.ceil(n_examples / self.hyperparameters["batch_size"])
         return int(batches * self.hyperparameters["n_epochs"])
 
-    def pipeline_config(self) -> PipelineConfig:
+    def pipeline_config(self, extra_judges: tuple[str, ...] = ()) -> PipelineConfig:
         return PipelineConfig(
             base=self.base,
             train=self.train,
@@ -68,4 +68,5 @@ class JobSpec:
             strategy=self.strategy,
             drift_threshold=self.drift_threshold,
             auto_patch=self.auto_patch,
+            extra_judges=extra_judges,
         )

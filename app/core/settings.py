@@ -163,6 +163,16 @@ class Settings(BaseSettings):
     audit_anchor_interval_s: float = Field(
         300.0, gt=0, description="How often each worker publishes the audit chain's head."
     )
+    extra_judges: list[str] = Field(
+        [],
+        description="Judges whose readings jobs report next to the default whole-reply judge's "
+        "(`keyword`, `guard`); decisions read only the default (docs/judging.md).",
+    )
+    guard_judge_dir: Path | None = Field(
+        None,
+        description="Local guard classifier (Llama Guard 3 format) for the `guard` judge, on GPU "
+        "hosts; never downloaded.",
+    )
 
     @field_validator(
         "database_url",
