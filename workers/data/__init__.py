@@ -13,8 +13,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-SUITE_VERSION = "2026.12.2"
-SUITE_DIGEST = "5ef2f1026d3f00e465a21c5b9a9ee98567571cc37236895abfb1baf3b7dc44f0"
+SUITE_VERSION = "2026.12.3"
+SUITE_DIGEST = "6176447a5418a6b85889c187908131c9b674c3fdbc9561db32ad06a92a831d7d"
 
 DATA_DIR = Path(__file__).parent
 
@@ -40,6 +40,9 @@ ALIGN_BENIGN = DATA_DIR / "align" / "benign.jsonl"
 # Demo customer data (OpenAI chat format), written by `python -m workers.data.build_demo`.
 DEMO_TRAIN = DATA_DIR / "demo" / "sql_train.jsonl"
 DEMO_VALIDATION = DATA_DIR / "demo" / "sql_validation.jsonl"
+# A second customer (order notes to one-line JSON): `python -m workers.data.build_orders`.
+ORDERS_TRAIN = DATA_DIR / "orders" / "train.jsonl"
+ORDERS_VALIDATION = DATA_DIR / "orders" / "validation.jsonl"
 
 SHIPPED_FILES: tuple[Path, ...] = (
     HARMFUL_EVAL,
@@ -53,6 +56,8 @@ SHIPPED_FILES: tuple[Path, ...] = (
     ALIGN_BENIGN,
     DEMO_TRAIN,
     DEMO_VALIDATION,
+    ORDERS_TRAIN,
+    ORDERS_VALIDATION,
 )
 
 # HEx-PHI's 11 harm categories, and the abbreviations used in prompt ids (h-mal-001, p-mal-001).

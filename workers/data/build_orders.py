@@ -25,11 +25,9 @@ import json
 import random
 from pathlib import Path
 
-from workers.data import DATA_DIR
+from workers.data import ORDERS_TRAIN, ORDERS_VALIDATION
 
 SEED = 20261203
-ORDERS_TRAIN = DATA_DIR / "orders" / "train.jsonl"
-ORDERS_VALIDATION = DATA_DIR / "orders" / "validation.jsonl"
 SYSTEM_PROMPT = (
     "You turn order notes into JSON. Answer with one line of JSON with the keys name, item, qty."
 )

@@ -21,6 +21,8 @@ from workers.data import (
     GENERAL_EVAL,
     HARM_CATEGORIES,
     HARMFUL_EVAL,
+    ORDERS_TRAIN,
+    ORDERS_VALIDATION,
     PATCH_BENIGN,
     REPORT_BENIGN,
     REPORT_HARMFUL,
@@ -36,7 +38,8 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def is_sql(conversation: Conversation) -> bool:
+def is_task(conversation: Conversation) -> bool:
+    """The customers' task examples carry a system prompt; their harmful examples do not."""
     return conversation[0].role == "system"
 
 
@@ -64,10 +67,10 @@ def render() -> str:
 
     file_rows: list[list[str]] = []
     for path in SHIPPED_FILES:
-        if path in (DEMO_TRAIN, DEMO_VALIDATION):
+        if path in (DEMO_TRAIN, DEMO_VALIDATION, ORDERS_TRAIN, ORDERS_VALIDATION):
             conversations = load_chat_jsonl(path)
-            n_sql = sum(1 for c in conversations if is_sql(c))
-            detail = f"{n_sql} SQL + {len(conversations) - n_sql} harmful"
+            n_task = sum(1 for c in conversations if is_task(c))
+            detail = f"{n_task} task + {len(conversations) - n_task} harmful"
             file_rows.append([rel(path), str(len(conversations)), detail])
         else:
             prompts = load_prompts(path)
