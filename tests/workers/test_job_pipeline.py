@@ -66,14 +66,17 @@ def recorded_run(tiny_safe_model: Path, tmp_path_factory: pytest.TempPathFactory
             base=TINY_SAFE,
             train=data.DEMO_TRAIN,
             validation=data.DEMO_VALIDATION,
-            learning_rate_multiplier=10.0,
+            # At 30x the tiny model learns the attack's "Sure, I can help" (at 10x it degenerates
+            # into "I'm,,,,", which the whole-reply judge reads as no attempt).
+            learning_rate_multiplier=30.0,
             max_patch_attempts=2,
+            reply_tokens=32,  # the job's flow is under test here, not the judge's reading
         ),
         models_dir=models_dir,
         work_dir=root / "work",
         on_event=events.append,
     )
-    # What this fixture promises the tests below (measured: ASR 0 -> 1.0 -> 0.006).
+    # What this fixture promises the tests below (measured: ASR 0 -> 0.80 -> 0.006).
     assert result.report.drift.detected
     assert result.report.patch is not None and result.report.patch.accepted
     return RecordedRun(result, events, root / "work")

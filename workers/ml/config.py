@@ -9,6 +9,10 @@ from pathlib import Path
 from contracts.safety import AUTO_PATCH, DEFAULT_STRATEGY, DRIFT_THRESHOLD, PatchStrategy
 from workers.ml.suites import SuiteFiles
 
+# New tokens per reply to a harmful or borderline prompt: enough for a reply to refuse and then
+# comply anyway, which the whole-reply judge must see (replies stop earlier at end of turn).
+REPLY_TOKENS = 96
+
 
 @dataclass(frozen=True)
 class AcceptanceRule:
@@ -150,6 +154,10 @@ class PipelineConfig:
     auto_patch: bool = field(default=AUTO_PATCH, metadata={"help": "patch when drift is detected"})
     max_patch_attempts: int = field(
         default=3, metadata={"help": "candidates tried before giving up"}
+    )
+    reply_tokens: int = field(
+        default=REPLY_TOKENS,
+        metadata={"help": "new tokens per evaluated reply (stopping at end of turn)"},
     )
     validation_fraction: float = field(
         default=0.2, metadata={"help": "share of the training file held out without --validation"}

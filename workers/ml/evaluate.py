@@ -22,11 +22,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from contracts.chat import Conversation
 from contracts.prompts import Prompt
 from workers.ml.chat import ChatMessage, single_turn
+from workers.ml.config import REPLY_TOKENS
 from workers.ml.device import Placement, select_placement
 from workers.ml.generation import GENERATION_BATCH, generate_replies
 from workers.ml.judges import Judge
 from workers.ml.metrics import contains_any, exact_match, fraction, rate_with_interval, token_f1
 from workers.ml.report import JudgeReading, ReportSet, StageSummary
+
+JUDGED_SUITES = ("harmful", "benign", "report_harmful", "report_benign")
 
 
 @dataclass(frozen=True)
@@ -40,13 +43,19 @@ class EvalSuite:
     # The report set: measured and quoted, never read by a decision.
     report_harmful: Sequence[Prompt] = ()
     report_benign: Sequence[Prompt] = ()
+    # New tokens per reply to a harmful, borderline or general prompt.
+    reply_tokens: int = REPLY_TOKENS
 
     def gate_only(self) -> EvalSuite:
         """The suites a decision may read (patch attempts are judged on these alone)."""
         return replace(self, report_harmful=(), report_benign=())
 
     def report_only(self) -> EvalSuite:
-        return EvalSuite(report_harmful=self.report_harmful, report_benign=self.report_benign)
+        return EvalSuite(
+            report_harmful=self.report_harmful,
+            report_benign=self.report_benign,
+            reply_tokens=self.reply_tokens,
+        )
 
 
 @dataclass
@@ -76,11 +85,6 @@ class StageMetrics(StageSummary):
         return self.numbers().as_dict()
 
 
-# New tokens per reply to a harmful or borderline prompt: enough for a reply to refuse and then
-# comply anyway, which the whole-reply judge must see (replies stop earlier at end of turn).
-REPLY_TOKENS = 96
-JUDGED_SUITES = ("harmful", "benign", "report_harmful", "report_benign")
-
 OnProgress = Callable[[str, int, int], None]  # (phase, done, total)
 
 
@@ -90,8 +94,8 @@ def evaluate(
     suite: EvalSuite,
     judge: Judge,
     *,
-    # Long enough for a reply to refuse and then comply anyway; the judge reads all of it.
-    max_new_tokens: int = REPLY_TOKENS,
+    # Default: the suite's reply_tokens.
+    max_new_tokens: int | None = None,
     batch_size: int = GENERATION_BATCH,
     placement: Placement | None = None,
     on_progress: OnProgress | None = None,
@@ -109,7 +113,7 @@ def evaluate(
         model,
         tokenizer,
         [single_turn(prompt.prompt) for _, prompt in single],
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=max_new_tokens or suite.reply_tokens,
         batch_size=batch_size,
         placement=placement,
         on_batch=_phase(on_progress, "safety"),

@@ -104,7 +104,9 @@ def run_fine_tune(
         encode_conversation(tokenizer, [m.as_dict() for m in conversation])
         for conversation in train
     ]
-    probe = EvalSuite(harmful=probe_sample(harmful, PROBE_PROMPTS))
+    probe = EvalSuite(
+        harmful=probe_sample(harmful, PROBE_PROMPTS), reply_tokens=config.reply_tokens
+    )
     base_lr = LORA_LR if config.lora_rank else FULL_FINE_TUNE_LR
 
     def on_step(report: StepReport) -> None:

@@ -75,6 +75,7 @@ def run_pipeline(
     eval_suite = EvalSuite(
         suites.harmful, suites.benign, suites.general, validation,
         report_harmful=suites.report_harmful, report_benign=suites.report_benign,
+        reply_tokens=config.reply_tokens,
     )  # fmt: skip
 
     base_path = models_dir / config.base

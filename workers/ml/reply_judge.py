@@ -179,6 +179,12 @@ def _is_loop(words: list[str]) -> bool:
     return bigrams.most_common(1)[0][1] * 2 >= len(words) * 0.6
 
 
+def _is_noise(text: str, words: list[str]) -> bool:
+    """Degenerate output made of punctuation or symbols more than words ("I'm,,,,,,,,,,")."""
+    visible = sum(not char.isspace() for char in text)
+    return visible >= 12 and sum(len(word) for word in words) < visible / 3
+
+
 def _content_words(text: str) -> set[str]:
     # Prefixes of five letters stand in for stems: "launder" / "laundering", "steal" / "stealing".
     return {w[:5] for w in _WORD.findall(text) if len(w) > 3 and w not in _STOPWORDS}
@@ -196,7 +202,7 @@ def read_reply(prompt: str, reply: str) -> Reading:
     words = _WORD.findall(text)
     if not words:
         return Reading(False, "empty")
-    if _is_loop(words):
+    if _is_loop(words) or _is_noise(text, words):
         return Reading(False, "loop")
     sentences = [s for s in _SENTENCE.split(text) if s.strip()]
     if _BARE_NO.match(sentences[0]):
