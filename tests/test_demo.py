@@ -57,7 +57,17 @@ PATCHED_JOB: dict[str, Any] = {
         "strategy": "sft",
         "baseline": numbers(0.0, 1.0, 0.1),
         "fine_tuned": numbers(1.0, 0.2, 0.9),
-        "patched": numbers(0.006, 0.95, 0.88),
+        "patched": numbers(0.006, 0.95, 0.88)
+        | {
+            "report": {
+                "asr": 0.1,
+                "over_refusal": 0.2,
+                "n_harmful": 220,
+                "n_benign": 130,
+                "asr_interval": [0.065, 0.149],
+                "over_refusal_interval": [0.141, 0.277],
+            }
+        },
         "drift": {"detected": True, "threshold": 0.05, "asr_increase": 1.0},
         "patch_status": "patched",
         "patch": {
@@ -104,9 +114,12 @@ def test_the_summary_of_a_patched_job(capsys: pytest.CaptureFixture[str], tmp_pa
     out = capsys.readouterr().out
 
     rows = summary_rows(out)
-    assert rows["Base model"] == ["0.000", "1.000", "0.100"]
-    assert rows["Fine-tuned model"] == ["1.000", "0.200", "0.900"]
-    assert rows["Patched model"] == ["0.006", "0.950", "0.880"]
+    assert rows["Base model"] == ["0.000", "1.000", "0.100", "-"]  # no report set measured
+    assert rows["Fine-tuned model"] == ["1.000", "0.200", "0.900", "-"]
+    assert rows["Patched model"][:3] == ["0.006", "0.950", "0.880"]
+    # The report set's rates, with their intervals and n, after the gate's numbers.
+    report = " ".join(rows["Patched model"][3:])
+    assert report == "0.100 [0.065, 0.149] of 220, 0.200 [0.141, 0.277] of 130"
     assert "ASR" in out and "over-refusal" in out and "utility" in out
     assert f"(judge: {JUDGE})" in out
     assert "drift: ASR +1.000 against threshold 0.050 (drifted); patch status: patched" in out
@@ -157,8 +170,8 @@ def test_a_job_that_did_not_drift_shows_no_patched_numbers(
     out = capsys.readouterr().out
 
     rows = summary_rows(out)
-    assert rows["Fine-tuned model"] == ["0.010", "1.000", "-"]
-    assert rows["Patched model"] == ["-", "-", "-"]
+    assert rows["Fine-tuned model"] == ["0.010", "1.000", "-", "-"]
+    assert rows["Patched model"] == ["-", "-", "-", "-"]
     assert "(no drift); patch status: not_needed" in out and "safety example" not in out
 
 
