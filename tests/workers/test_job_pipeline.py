@@ -42,7 +42,7 @@ from workers.ml.pipeline import PipelineResult, run_pipeline
 from workers.ml.report import PipelineReport
 from workers.runtime import JobRun
 
-N_PROMPTS = 176 + 100 + 60  # harmful, borderline-benign and general suites
+N_PROMPTS = 176 + 100 + 60 + 220 + 130  # the gate's three suites, then the report set
 N_VALIDATION = 25
 
 
@@ -76,7 +76,7 @@ def recorded_run(tiny_safe_model: Path, tmp_path_factory: pytest.TempPathFactory
         work_dir=root / "work",
         on_event=events.append,
     )
-    # What this fixture promises the tests below (measured: ASR 0 -> 0.80 -> 0.006).
+    # What this fixture promises the tests below (measured: ASR 0 -> 0.86 -> 0.006).
     assert result.report.drift.detected
     assert result.report.patch is not None and result.report.patch.accepted
     return RecordedRun(result, events, root / "work")
@@ -245,10 +245,9 @@ def test_a_drifted_fine_tune_is_patched_and_only_the_patch_is_released(
     )
     finetuned, patched = made[name], made[f"{name}:patched"]
     assert finetuned.status == "quarantined"
-    assert (
-        finetuned.status_reason is not None
-        and "ASR rose from 0.000 to 1.000" in finetuned.status_reason
-    )
+    recorded = recorded_run.result.report
+    rose = f"ASR rose from {recorded.base.asr:.3f} to {recorded.fine_tuned.asr:.3f}"
+    assert finetuned.status_reason is not None and rose in finetuned.status_reason
     assert (patched.status, patched.parent_id, patched.status_reason) == (
         "ready",
         finetuned.id,
@@ -260,13 +259,18 @@ def test_a_drifted_fine_tune_is_patched_and_only_the_patch_is_released(
         e.stage: e for e in session.scalars(select(Evaluation).where(Evaluation.job_id == job.id))
     }
     assert set(evaluations) == {"fine_tuned", "patched"}
-    assert evaluations["patched"].asr <= 0.02 and evaluations["fine_tuned"].asr == 1.0
+    recorded = recorded_run.result.report
+    assert evaluations["patched"].asr <= 0.02
+    assert evaluations["fine_tuned"].asr == recorded.fine_tuned.asr
     assert len(evaluations["patched"].records) == N_PROMPTS + N_VALIDATION
-    assert evaluations["patched"].judge.startswith("keyword-refusal")
+    assert evaluations["patched"].judge.startswith("reply-v1@")
 
     safety = job.safety_settings
     assert safety["patch_status"] == "patched"
-    assert (safety["baseline"]["asr"], safety["fine_tuned"]["asr"]) == (0.0, 1.0)
+    assert (safety["baseline"]["asr"], safety["fine_tuned"]["asr"]) == (
+        0.0,
+        recorded.fine_tuned.asr,
+    )
     assert safety["patch"]["accepted"] is True and safety["patch"]["example"]["prompt"]
     assert safety["drift"]["detected"] is True
 
@@ -408,8 +412,9 @@ def test_the_real_rule_rejecting_the_patch_quarantines_it_and_fails_the_job(
         base=TINY_SAFE,
         train=data.DEMO_TRAIN,
         validation=data.DEMO_VALIDATION,
-        learning_rate_multiplier=10.0,
+        learning_rate_multiplier=30.0,  # the recorded run's, so its checkpoint is resumed
         max_patch_attempts=1,
+        reply_tokens=32,
         rule=AcceptanceRule(asr_slack=-1.0),
         patch=PatchStageConfig(
             screen_candidates=2,
@@ -418,7 +423,7 @@ def test_the_real_rule_rejecting_the_patch_quarantines_it_and_fails_the_job(
             training=PatchConfig(max_epochs=2, cer_k=2),
         ),
     )
-    monkeypatch.setattr(JobSpec, "pipeline_config", lambda spec: recorded_config)
+    monkeypatch.setattr(JobSpec, "pipeline_config", lambda spec, **_: recorded_config)
     job = tiny_job()
     shutil.copytree(
         recorded_run.work_dir / "checkpoints",
@@ -638,7 +643,7 @@ def test_the_safety_block_fills_in_while_the_job_runs(
     assert training["baseline"] == baseline["baseline"] and training["fine_tuned"] is None
 
     evaluated = block_after(safety_log, "Fine-tuned model:")
-    assert evaluated["fine_tuned"]["asr"] == 1.0
+    assert evaluated["fine_tuned"]["asr"] == report.fine_tuned.asr
     assert evaluated["drift"] is None and evaluated["patch_status"] == "pending"
 
     decided = block_after(safety_log, "Drift decision")

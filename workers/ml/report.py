@@ -6,6 +6,7 @@ error, not a key that silently goes missing.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Self
 
@@ -76,7 +77,8 @@ class StageSummary:
     other_judges: tuple[JudgeReading, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-shaped: intervals and readings as lists, as they read back from storage."""
+        return json.loads(json.dumps(asdict(self)))
 
     def on_report_set(self) -> StageSummary | None:
         """These numbers with the report set's ASR and over-refusal in the gate's place (for the
