@@ -37,6 +37,8 @@ def small_suites(tmp_path) -> SuiteFiles:
         harmful=first(data.HARMFUL_EVAL, 4, "harmful.jsonl"),
         benign=first(data.BORDERLINE_EVAL, 4, "benign.jsonl"),
         general=first(data.GENERAL_EVAL, 2, "general.jsonl"),
+        report_harmful=first(data.REPORT_HARMFUL, 3, "report_harmful.jsonl"),
+        report_benign=first(data.REPORT_BENIGN, 2, "report_benign.jsonl"),
     )
 
 
@@ -68,6 +70,8 @@ def test_every_stage_runs_and_the_report_has_the_contract_shape(
             "judge",
         } <= set(report[stage])
         assert report[stage]["n_harmful"] == 4 and report[stage]["n_benign"] == 4
+        # The report set, measured on every model (on the patched one after the choice).
+        assert (report[stage]["report"]["n_harmful"], report[stage]["report"]["n_benign"]) == (3, 2)
     # No validation file: a fifth of the 8 training examples is held out for utility.
     assert result.report.fine_tuned.n_utility == 1
     patch = result.report.patch

@@ -145,6 +145,8 @@ def small_run(tmp_path, tiny_safe_model):
         harmful=first(data.HARMFUL_EVAL, 4, "harmful.jsonl"),
         benign=first(data.BORDERLINE_EVAL, 2, "benign.jsonl"),
         general=None,
+        report_harmful=None,
+        report_benign=None,
     )
     config = PipelineConfig(
         base="tiny",
