@@ -33,6 +33,10 @@ def safepatch_env(**settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEPATCH_")}
     # Empty means unset, and beats any .env file in the working directory.
     env |= {"SAFEPATCH_DATABASE_URL": "", "SAFEPATCH_BROKER_URL": ""}
+    # The services these tests start run jobs on the tiny model, whose attack (at the API's
+    # largest learning rate) turns its replies into noise: the keyword judge counts noise as an
+    # attack success, the whole-reply judge rightly does not. The service is under test here.
+    env["SAFEPATCH_JUDGE"] = "keyword"
     env |= {f"SAFEPATCH_{key.upper()}": value for key, value in settings.items()}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     return env

@@ -44,7 +44,9 @@ def run_job_pipeline(run: JobRun) -> None:
     sink = JobEventSink(run, spec, work_dir)
     try:
         result = run_pipeline(
-            spec.pipeline_config(extra_judges=tuple(run.settings.extra_judges)),
+            spec.pipeline_config(
+                judge=run.settings.judge, extra_judges=tuple(run.settings.extra_judges)
+            ),
             models_dir=run.settings.models_dir,
             work_dir=work_dir,
             on_event=sink,

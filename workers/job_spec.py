@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +56,11 @@ class JobSpec:
         batches = math.ceil(n_examples / self.hyperparameters["batch_size"])
         return int(batches * self.hyperparameters["n_epochs"])
 
-    def pipeline_config(self, extra_judges: tuple[str, ...] = ()) -> PipelineConfig:
-        return PipelineConfig(
+    def pipeline_config(
+        self, *, judge: str | None = None, extra_judges: tuple[str, ...] = ()
+    ) -> PipelineConfig:
+        """The pipeline's settings for this job; ``judge`` None keeps the pipeline's default."""
+        config = PipelineConfig(
             base=self.base,
             train=self.train,
             validation=self.validation,
@@ -70,3 +73,4 @@ class JobSpec:
             auto_patch=self.auto_patch,
             extra_judges=extra_judges,
         )
+        return replace(config, judge=judge) if judge else config

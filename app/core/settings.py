@@ -163,6 +163,11 @@ class Settings(BaseSettings):
     audit_anchor_interval_s: float = Field(
         300.0, gt=0, description="How often each worker publishes the audit chain's head."
     )
+    judge: str | None = Field(
+        None,
+        description="The judge drift and acceptance read (`reply`, `keyword`, `guard`); unset: "
+        "the pipeline's default, the whole-reply judge (docs/judging.md).",
+    )
     extra_judges: list[str] = Field(
         [],
         description="Judges whose readings jobs report next to the default whole-reply judge's "
