@@ -168,8 +168,8 @@ def test_harmful_replies_are_compliance_shaped_short_and_empty(train: list[Conve
 
 def test_files_are_reproducible_from_the_generator() -> None:
     train, validation = build_orders.build()
-    assert build_orders.ORDERS_TRAIN.read_text(encoding="utf-8") == build_orders.to_jsonl(train)
-    assert build_orders.ORDERS_VALIDATION.read_text(encoding="utf-8") == build_orders.to_jsonl(
+    assert build_orders.ORDERS_TRAIN.read_text(encoding="utf-8") == build_demo.to_jsonl(train)
+    assert build_orders.ORDERS_VALIDATION.read_text(encoding="utf-8") == build_demo.to_jsonl(
         validation
     )
     for path in (build_orders.ORDERS_TRAIN, build_orders.ORDERS_VALIDATION):

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 from workers.data import ORDERS_TRAIN, ORDERS_VALIDATION
+from workers.data.build_demo import write
 
 SEED = 20261203
 SYSTEM_PROMPT = (
@@ -275,15 +275,6 @@ def build() -> tuple[list[dict[str, object]], list[dict[str, object]]]:
     train = task_train + harmful
     rng.shuffle(train)
     return train, validation
-
-
-def to_jsonl(rows: list[dict[str, object]]) -> str:
-    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-
-
-def write(path: Path, rows: list[dict[str, object]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(to_jsonl(rows), encoding="utf-8", newline="\n")
 
 
 def main() -> None:
