@@ -23,14 +23,12 @@ from tests.tiny_models import build_tiny_model
 from workers.ml.device import Placement
 from workers.ml.guard_judge import (
     GUARD_DIR_ENV,
-    UNSAFE_CATEGORIES,
     GuardClassifierJudge,
     GuardModelError,
     guard_judge_from_dir,
     guard_judge_from_env,
-    parse_guard_output,
-    render_llama_guard_prompt,
 )
+from workers.ml.guard_prompt import UNSAFE_CATEGORIES, parse_guard_output, render_llama_guard_prompt
 
 CPU = Placement(torch.device("cpu"), None)
 
