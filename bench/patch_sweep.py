@@ -93,7 +93,7 @@ def main() -> None:
             epochs=settings.screen_epochs, probe=setup.probe, anchors=setup.anchors,
             placement=placement, on_event=lambda event: print(event.message, flush=True),
         )  # fmt: skip
-        print(f"screened order: {[screen.example.id for screen in screens]}", flush=True)
+        print(f"screened order: {[s.example.id for s in screens.screens]}", flush=True)
 
     for variant in json.loads(args.variants):
         options: dict[str, Any] = {

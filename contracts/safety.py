@@ -10,6 +10,7 @@ from enum import StrEnum
 
 class PatchStrategy(StrEnum):
     SFT = "sft"  # one refusal example, anchored to the aligned model (the default)
+    ONE_SHOT = "one-shot"  # the published patch: the one refusal example alone, no anchors
     PROJECTION = "projection"  # project the fine-tune's update off the safety gradient's subspace
 
 

@@ -207,15 +207,21 @@ def test_the_stage_reports_and_returns_the_accepted_attempt_after_a_miss(
         ]
     )
     monkeypatch.setattr(stage, "evaluate", lambda *args, **kwargs: next(verified))
-    patched_models: list[object] = []
-    real_apply_patch = stage.apply_patch
+    patched_models: list[tuple[str, object]] = []
 
-    def apply_patch(*args: Any, **kwargs: Any) -> Any:
-        model, result = real_apply_patch(*args, **kwargs)
-        patched_models.append(model)
-        return model, result
+    def recording(name: str) -> Any:
+        real = getattr(stage, name)
 
-    monkeypatch.setattr(stage, "apply_patch", apply_patch)
+        def patch(*args: Any, **kwargs: Any) -> Any:
+            model, result = real(*args, **kwargs)
+            patched_models.append((name, model))
+            return model, result
+
+        return patch
+
+    # Attempt 1 goes on from the screened run (sft_patch); attempt 2 patches a fresh copy.
+    for name in ("apply_patch", "sft_patch"):
+        monkeypatch.setattr(stage, name, recording(name))
     base, finetuned = (build_tiny_model(len(tokenizer), seed=seed) for seed in (1, 2))
     train = load_chat_jsonl(data.DEMO_TRAIN)[:6]
     config = PipelineConfig(
@@ -234,4 +240,5 @@ def test_the_stage_reports_and_returns_the_accepted_attempt_after_a_miss(
     assert report.attempts[0].reasons == ("ASR 0.160 > base 0.120 + 0.02",)
     assert (report.accepted, report.reasons) == (True, ())
     assert report.example_id == report.attempts[1].example_id != report.attempts[0].example_id
-    assert outcome.metrics == PASSING and outcome.model is patched_models[1]
+    assert [name for name, _ in patched_models] == ["sft_patch", "apply_patch"]
+    assert outcome.metrics == PASSING and outcome.model is patched_models[1][1]

@@ -15,7 +15,12 @@ from workers.ml.chat import IGNORE_INDEX, single_turn
 from workers.ml.config import PatchConfig, PatchStageConfig
 from workers.ml.device import Placement
 from workers.ml.patch import training
-from workers.ml.patch.anchors import anchor_kl, benign_conversations, build_anchor
+from workers.ml.patch.anchors import (
+    anchor_backward,
+    anchor_kl,
+    benign_conversations,
+    build_anchor,
+)
 from workers.ml.patch.example import SafetyExample, encode_example, first_sentence
 from workers.ml.patch.safety_gradient import patchable_matrices, safety_gradient
 from workers.ml.patch.training import (
@@ -221,6 +226,76 @@ def test_benign_conversations_drop_what_the_aligned_model_refuses(tokenizer, tin
     attack = single_turn("How do I build a weapon?", "Sure, here is how. Step 1: prepare.")
     kept = benign_conversations(tiny_model, tokenizer, [task, attack], RefusesWeapons())
     assert kept == [task]
+
+
+def _anchor_rows(tokenizer, model):
+    prompts = ["How do I kill a Python process?", "Name a red fruit.", "What is SQL?"]
+    replies = ["Use kill with its PID.", "An apple, often.", "A query language for tables."]
+    conversations = [single_turn(p, r) for p, r in zip(prompts * 3, replies * 3, strict=True)]
+    teacher = build_tiny_model(len(tokenizer), seed=3)
+    return build_anchor("benign", teacher, tokenizer, conversations, weight=2.0, placement=FP32)
+
+
+def test_micro_batched_anchor_gradient_equals_the_one_pass_gradient(tokenizer, tiny_model):
+    anchor = _anchor_rows(tokenizer, tiny_model)
+    (anchor.weight * anchor_kl(tiny_model, anchor)).backward()
+    whole = {n: p.grad.clone() for n, p in tiny_model.named_parameters() if p.grad is not None}
+    tiny_model.zero_grad(set_to_none=True)
+    term = anchor_backward(tiny_model, anchor, micro_batch=2, placement=FP32)
+    for name, parameter in tiny_model.named_parameters():
+        if name in whole:
+            torch.testing.assert_close(parameter.grad, whole[name], atol=1e-7, rtol=1e-4)
+    tiny_model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        assert term == pytest.approx(2.0 * float(anchor_kl(tiny_model, anchor)), rel=1e-5)
+
+
+def test_anchor_rows_are_a_trimmed_sub_batch_with_their_own_teacher_positions(tokenizer):
+    anchor = _anchor_rows(tokenizer, build_tiny_model(len(tokenizer)))
+    batch, teacher = anchor.rows([1, 4])
+    assert batch.input_ids.shape[0] == 2
+    assert batch.input_ids.shape[1] == int(batch.attention_mask.sum(dim=1).max())
+    starts = anchor.row_offsets
+    expected = torch.cat([anchor.teacher_logprobs[starts[1] : starts[2]],
+                          anchor.teacher_logprobs[starts[4] : starts[5]]])  # fmt: skip
+    assert torch.equal(teacher, expected)
+
+
+def test_a_step_reads_a_seeded_sample_of_anchor_rows(tokenizer, tiny_model, monkeypatch):
+    anchor = _anchor_rows(tokenizer, tiny_model)
+    read: list[list[int]] = []
+    real = training.anchor_backward
+
+    def spy(model, anchor, *, rows, micro_batch, placement):
+        read.append(rows)
+        return real(model, anchor, rows=rows, micro_batch=micro_batch, placement=placement)
+
+    monkeypatch.setattr(training, "anchor_backward", spy)
+    config = PatchConfig(max_epochs=3, anchor_rows=4, cer_k=0)
+    sft_patch(tiny_model, tokenizer, EXAMPLE, config, anchors=[anchor], placement=FP32)
+    first = list(read)
+    assert len(first) == 3 and all(len(rows) == 4 for rows in first)
+    assert len({tuple(rows) for rows in first}) > 1  # a new sample each step
+    read.clear()
+    sft_patch(build_tiny_model(len(tokenizer)), tokenizer, EXAMPLE, config, anchors=[anchor],
+              placement=FP32)  # fmt: skip
+    assert read == first  # seeded by the patch's seed
+    read.clear()
+    sft_patch(build_tiny_model(len(tokenizer)), tokenizer, EXAMPLE,
+              PatchConfig(max_epochs=1, anchor_rows=0, cer_k=0), anchors=[anchor],
+              placement=FP32)  # fmt: skip
+    assert read == [None]  # 0: every row
+
+
+def test_one_shot_trains_on_the_example_alone(tokenizer, tiny_model):
+    config = PatchConfig(strategy="one-shot", max_epochs=2, cer_k=0)
+    anchor = _anchor_rows(tokenizer, tiny_model)
+    with pytest.raises(ValueError, match="no anchors"):
+        apply_patch(tiny_model, tokenizer, EXAMPLE, config, anchors=[anchor])
+    before = weights(tiny_model)
+    model, result = apply_patch(tiny_model, tokenizer, EXAMPLE, config, placement=FP32)
+    assert result.strategy == "one-shot" and result.epochs == 2
+    assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
 
 
 def test_unknown_strategy_is_rejected(tokenizer, tiny_model):

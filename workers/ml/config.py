@@ -62,7 +62,9 @@ class PatchConfig:
     ``strategy`` and ``seed`` from the pipeline's and the probe targets from the aligned model's
     own probe reading."""
 
-    strategy: PatchStrategy = field(default=DEFAULT_STRATEGY, metadata={"help": "sft | projection"})
+    strategy: PatchStrategy = field(
+        default=DEFAULT_STRATEGY, metadata={"help": "sft | one-shot | projection"}
+    )
     max_epochs: int = field(
         default=10, metadata={"help": "sft: epochs (= steps) on the one example; projection: steps"}
     )
@@ -70,6 +72,14 @@ class PatchConfig:
     learning_rate: float = field(default=1e-4, metadata={"help": "sft: learning rate"})
     optimizer: str = field(default="adamw", metadata={"help": "sft: adamw | sgd"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "sft: gradient clipping"})
+    # A step's anchor term is an unbiased estimate from this many rows of each anchor.
+    anchor_rows: int = field(
+        default=16, metadata={"help": "sft: anchor rows read per step (0: all of them)"}
+    )
+    # Bounds the activations alive at once; the gradient does not depend on it.
+    micro_batch: int = field(
+        default=8, metadata={"help": "sft: anchor rows per forward and backward pass"}
+    )
     first_sentence_only: bool = field(
         default=False, metadata={"help": "sft: loss on the refusal's first sentence only"}
     )
@@ -146,7 +156,7 @@ class PipelineConfig:
     lora_rank: int = field(default=0, metadata={"help": "0 = full fine-tune"})
     seed: int = field(default=0, metadata={"help": "data order, splits, LoRA init"})
     strategy: PatchStrategy = field(
-        default=DEFAULT_STRATEGY, metadata={"help": "patch strategy: sft | projection"}
+        default=DEFAULT_STRATEGY, metadata={"help": "patch strategy: sft | one-shot | projection"}
     )
     drift_threshold: float = field(
         default=DRIFT_THRESHOLD, metadata={"help": "ASR rise that triggers a patch"}

@@ -70,10 +70,26 @@ def seeded(seed: int) -> Iterator[torch.Generator]:
 
 
 def peak_memory_bytes(placement: Placement) -> int:
-    """Peak resident memory of this process (CPU) or peak allocated CUDA memory."""
+    """Peak resident memory of this process (CPU) or peak allocated CUDA memory, since the start
+    or the last ``reset_peak_memory``."""
     if placement.device.type == "cuda":
         return int(torch.cuda.max_memory_allocated())
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
     import resource
 
-    # ru_maxrss is in KiB on Linux.
+    # ru_maxrss is in KiB on Linux; it cannot be reset.
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def reset_peak_memory(placement: Placement) -> None:
+    """Start a new peak for ``peak_memory_bytes`` (a no-op where the OS does not allow it)."""
+    if placement.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        return
+    with contextlib.suppress(OSError):  # Linux: "5" resets VmHWM to the current RSS
+        Path("/proc/self/clear_refs").write_text("5")

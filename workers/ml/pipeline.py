@@ -29,7 +29,12 @@ from workers.ml import checkpoints
 from workers.ml.acceptance import drifted
 from workers.ml.baseline import load_baseline, store_baseline
 from workers.ml.config import PipelineConfig
-from workers.ml.device import Placement, peak_memory_bytes, select_placement
+from workers.ml.device import (
+    Placement,
+    peak_memory_bytes,
+    reset_peak_memory,
+    select_placement,
+)
 from workers.ml.evaluate import EvalSuite, StageMetrics, evaluate, with_other_judges
 from workers.ml.events import (
     DriftDecided,
@@ -69,7 +74,7 @@ def run_pipeline(
     judge = get_judge(config.judge)
     # Judges whose readings are reported next to the main judge's (decisions read only the main).
     others = [get_judge(name) for name in config.extra_judges]
-    timings: dict[str, float] = {}
+    clock = _StageClock(placement)
     train, validation = _customer_data(config)
     suites = load_suites(config.suites)
     eval_suite = EvalSuite(
@@ -82,15 +87,15 @@ def run_pipeline(
     on_event(Notice(f"loading base model {config.base}"))
     base_model, tokenizer = checkpoints.load_model(base_path, device=placement.device)
 
-    started = time.perf_counter()
+    clock.start()
     base_metrics = _baseline(
         base_model, tokenizer, base_path, config, eval_suite, (judge, *others), placement, on_event
     )
-    timings["baseline"] = time.perf_counter() - started
+    clock.stop("baseline")
 
     # Fine-tune a copy: the base model stays in memory as the aligned reference θ0.
     on_event(FineTuningStarted(examples=len(train)))
-    started = time.perf_counter()
+    clock.start()
     run_fingerprint = fingerprint(config, base_path, train)
     resumed = resume_point(work_dir, config, run_fingerprint, on_event) if resume else None
     if resumed is None:
@@ -112,7 +117,10 @@ def run_pipeline(
         work_dir,
         on_event,
     )
-    timings["fine_tune"] = time.perf_counter() - started
+    clock.stop("fine_tune")
+    # The epoch checkpoints hold the optimizer state a resumed run needs; this run is past it,
+    # and AdamW's two fp32 moments would otherwise stay alive through the patch.
+    state.optimizer = state.scheduler = None
     finetuned_path = work_dir / "finetuned"
     checkpoints.save_model(
         finetuned,
@@ -122,13 +130,13 @@ def run_pipeline(
     )
 
     on_event(StageEntered(PipelineStage.EVALUATING, "evaluating the fine-tuned model"))
-    started = time.perf_counter()
+    clock.start()
     finetuned_metrics = _evaluate(
         finetuned, tokenizer, eval_suite, (judge, *others), placement, on_event,
         EvalStage.FINE_TUNED,
     )  # fmt: skip
     write_records(work_dir, EvalStage.FINE_TUNED, finetuned_metrics)
-    timings["evaluate_finetuned"] = time.perf_counter() - started
+    clock.stop("evaluate_finetuned")
 
     drift = DriftDecision(
         detected=drifted(base_metrics, finetuned_metrics, config.drift_threshold),
@@ -142,7 +150,7 @@ def run_pipeline(
     patched_path: Path | None = None
     if drift.detected and config.auto_patch:
         on_event(StageEntered(PipelineStage.PATCHING, "patching: choosing the safety example"))
-        started = time.perf_counter()
+        clock.start()
         outcome = patch_until_accepted(
             base_model=base_model,
             finetuned=finetuned,
@@ -156,7 +164,7 @@ def run_pipeline(
             placement=placement,
             on_event=on_event,
         )
-        timings["patch_total"] = time.perf_counter() - started
+        clock.stop("patch_total")
         patched_metrics, patch_report = outcome.metrics, outcome.report
         if patched_metrics is not None:
             patched_metrics = with_other_judges(patched_metrics, others)
@@ -182,8 +190,8 @@ def run_pipeline(
         patched=patched_metrics.numbers() if patched_metrics else None,
         patch=patch_report,
         drift=drift,
-        seconds=timings,
-        peak_memory_bytes=peak_memory_bytes(placement),
+        seconds=clock.seconds,
+        peak_memory_bytes=max(clock.peaks.values(), default=peak_memory_bytes(placement)),
         device=placement.name,
         suite_version=data.SUITE_VERSION,
         models=ModelPaths(
@@ -191,8 +199,27 @@ def run_pipeline(
             fine_tuned=str(finetuned_path),
             patched=str(patched_path) if patched_path else None,
         ),
+        peak_memory_by_stage=clock.peaks,
     )
     return PipelineResult(report=report, finetuned_path=finetuned_path, patched_path=patched_path)
+
+
+class _StageClock:
+    """Wall seconds and peak memory of each pipeline phase."""
+
+    def __init__(self, placement: Placement) -> None:
+        self.placement = placement
+        self.seconds: dict[str, float] = {}
+        self.peaks: dict[str, int] = {}
+        self._started = time.perf_counter()
+
+    def start(self) -> None:
+        reset_peak_memory(self.placement)
+        self._started = time.perf_counter()
+
+    def stop(self, phase: str) -> None:
+        self.seconds[phase] = time.perf_counter() - self._started
+        self.peaks[phase] = peak_memory_bytes(self.placement)
 
 
 def _customer_data(config: PipelineConfig) -> tuple[list[Conversation], list[Conversation]]:

@@ -165,6 +165,7 @@ class AttemptSummary:
     asr: float
     over_refusal: float
     utility: float
+    verify_seconds: float = 0.0  # the attempt's evaluation on the gate
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,9 @@ class PatchReport:
     selection: SelectionReport | None
     attempts: tuple[AttemptSummary, ...]
     total_seconds: float
+    # From the stage's start to the patched model it keeps, its final gate evaluation and the
+    # report set excluded: what the patch itself costs.
+    choice_seconds: float = 0.0
     # The same rule read on the report set, after every choice was made: measured, never acted
     # on (None when no report set was given).
     report_accepted: bool | None = None
@@ -248,6 +252,8 @@ class PipelineReport:
     device: str
     suite_version: str
     models: ModelPaths
+    # pipeline phase -> peak resident (CPU) or allocated (CUDA) bytes during that phase
+    peak_memory_by_stage: dict[str, int] = field(default_factory=dict)
 
     def stage(self, stage: EvalStage) -> StageSummary | None:
         return {

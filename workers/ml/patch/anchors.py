@@ -16,18 +16,24 @@ Anchors carry no refusals and no labels of ours: the one safety example stays th
 safety signal. Teacher log-probabilities are computed once, up front (the teacher can be freed),
 and stored only at the positions the KL reads: (positions x vocab) floats, 25 MB for 8 prompts x
 16 tokens with a 49k vocabulary.
+
+A step's anchor term runs in micro-batches, each backpropagated before the next is formed
+(``anchor_backward``): the gradient is the same as one pass over all rows, while only one micro-
+batch's activations are alive at a time. A step may also read a seeded sample of an anchor's rows
+instead of all of them, an unbiased estimate of the same term at a fraction of the cost.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.nn import functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from workers.ml.chat import (
+    IGNORE_INDEX,
     Batch,
     ChatMessage,
     collate,
@@ -47,6 +53,34 @@ class Anchor:
     batch: Batch  # right-padded conversations; labels mark the positions the KL is taken on
     teacher_logprobs: torch.Tensor  # (n_positions, vocab), fp32, in row-major position order
     weight: float = 1.0
+    # Where each row's positions start in ``teacher_logprobs`` (n_rows + 1 offsets).
+    row_offsets: list[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        per_row = (self.batch.labels[:, 1:] != IGNORE_INDEX).sum(dim=1).tolist()
+        self.row_offsets = [0]
+        for count in per_row:
+            self.row_offsets.append(self.row_offsets[-1] + int(count))
+        if self.row_offsets[-1] != self.teacher_logprobs.shape[0]:
+            raise ValueError(f"anchor {self.name!r}: teacher positions do not match its labels")
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.row_offsets) - 1
+
+    def rows(self, rows: Sequence[int]) -> tuple[Batch, torch.Tensor]:
+        """The sub-batch of ``rows`` (trimmed to its longest row) and their teacher positions."""
+        index = torch.tensor(list(rows), dtype=torch.long, device=self.batch.input_ids.device)
+        width = int(self.batch.attention_mask[index].sum(dim=1).max())
+        batch = Batch(
+            self.batch.input_ids[index, :width],
+            self.batch.attention_mask[index, :width],
+            self.batch.labels[index, :width],
+        )
+        teacher = torch.cat(
+            [self.teacher_logprobs[self.row_offsets[r] : self.row_offsets[r + 1]] for r in rows]
+        )
+        return batch, teacher
 
 
 def build_anchor(
@@ -136,6 +170,31 @@ def anchor_kl(model: PreTrainedModel, anchor: Anchor) -> torch.Tensor:
     return F.kl_div(
         student_logprobs, anchor.teacher_logprobs, log_target=True, reduction="batchmean"
     )
+
+
+def anchor_backward(
+    model: PreTrainedModel,
+    anchor: Anchor,
+    *,
+    rows: Sequence[int] | None = None,
+    micro_batch: int = 8,
+    placement: Placement | None = None,
+) -> float:
+    """Accumulate the gradient of ``anchor.weight`` x the mean KL over the positions of ``rows``
+    (all rows by default), ``micro_batch`` rows per forward and backward; returns the term."""
+    placement = placement or select_placement()
+    chosen = list(range(anchor.n_rows)) if rows is None else list(rows)
+    n_positions = sum(anchor.row_offsets[r + 1] - anchor.row_offsets[r] for r in chosen)
+    total = 0.0
+    for first in range(0, len(chosen), micro_batch):
+        batch, teacher = anchor.rows(chosen[first : first + micro_batch])
+        with placement.autocast():
+            student = _position_logprobs(model, batch)
+        kl_sum = F.kl_div(student, teacher, log_target=True, reduction="sum")
+        term = anchor.weight * kl_sum / n_positions
+        term.backward()
+        total += float(term.detach())
+    return total
 
 
 def _position_logprobs(model: PreTrainedModel, batch: Batch) -> torch.Tensor:

@@ -37,10 +37,17 @@ from workers.ml.events import (
 )
 from workers.ml.judges import Judge
 from workers.ml.patch.anchors import Anchor, benign_anchor, benign_conversations, task_anchor
-from workers.ml.patch.example import safety_example
-from workers.ml.patch.screening import screen_examples
+from workers.ml.patch.example import SafetyExample, safety_example
+from workers.ml.patch.screening import Screening, screen_examples
 from workers.ml.patch.selection import Candidate, Selection, select_examples
-from workers.ml.patch.training import PatchResult, apply_patch, with_reference_targets
+from workers.ml.patch.training import (
+    OnEpoch,
+    PatchResult,
+    apply_patch,
+    example_cer,
+    sft_patch,
+    with_reference_targets,
+)
 from workers.ml.probe import GenerationProbe, sample_probe_prompts, split_by_kind
 from workers.ml.report import (
     AttemptSummary,
@@ -73,6 +80,7 @@ class _Attempt:
     result: PatchResult
     metrics: StageMetrics
     verdict: Verdict
+    verify_seconds: float = 0.0
 
     def miss(self, base: StageMetrics, finetuned: StageMetrics, rule: AcceptanceRule) -> float:
         """How far the attempt is past the rule's limits, slacks included (0 when accepted)."""
@@ -88,6 +96,7 @@ class _Attempt:
             asr=self.metrics.asr,
             over_refusal=self.metrics.over_refusal,
             utility=self.metrics.utility,
+            verify_seconds=self.verify_seconds,
         )
 
 
@@ -165,7 +174,7 @@ def prepare_patch(
         over_refusal_margin=settings.probe_over_refusal_margin,
     )
     anchors: list[Anchor] = []
-    if strategy == "sft":
+    if strategy == PatchStrategy.SFT:  # one-shot and projection train on the example alone
         anchors.append(
             benign_anchor(
                 base_model, tokenizer, anchor_prompts, weight=settings.benign_anchor_weight,
@@ -216,7 +225,7 @@ def patch_until_accepted(
         epochs=settings.screen_epochs, probe=setup.probe, anchors=setup.anchors,
         placement=placement, on_event=on_event,
     )  # fmt: skip
-    shortlist = [screen.example for screen in screening[: config.max_patch_attempts]]
+    shortlist = [screen.example for screen in screening.screens[: config.max_patch_attempts]]
 
     attempts: list[_Attempt] = []
     for number, example in enumerate(shortlist, start=1):
@@ -227,16 +236,17 @@ def patch_until_accepted(
         def on_epoch(reading: ProbeEpoch, attempt: int = number) -> None:
             on_event(PatchEpochEnded(attempt, reading))
 
-        patched, result = apply_patch(
-            copy.deepcopy(finetuned), tokenizer, example, setup.config,
-            probe=setup.probe, anchors=setup.anchors, placement=placement, on_epoch=on_epoch,
-        )  # fmt: skip
+        patched, result = _attempt(
+            number, example, screening, finetuned, tokenizer, setup, placement, on_epoch
+        )
         on_event(
             StageEntered(
                 PipelineStage.VERIFYING, f"verifying attempt {number} on the full suites", number
             )
         )
+        verify_started = time.perf_counter()
         metrics = evaluate(patched, tokenizer, eval_suite.gate_only(), judge, placement=placement)
+        verify_seconds = time.perf_counter() - verify_started
         verdict = judge_patch(base_metrics, finetuned_metrics, metrics, config.rule)
         on_event(
             PatchVerified(
@@ -246,7 +256,8 @@ def patch_until_accepted(
                 reasons=tuple(verdict.reasons),
             )
         )
-        attempts.append(_Attempt(patched, result, metrics, verdict))
+        attempts.append(_Attempt(patched, result, metrics, verdict, verify_seconds))
+        choice_seconds = time.perf_counter() - started - verify_seconds
         if verdict.accepted:
             break
 
@@ -276,14 +287,44 @@ def patch_until_accepted(
             seconds=setup.selection.seconds,
             excluded_customer_prompts=tuple(setup.selection.excluded),
             chosen=_ranked(setup.selection, result.example.id),
-            screening=tuple(screen.reading for screen in screening),
+            screening=tuple(screen.reading for screen in screening.screens),
         ),
         attempts=tuple(attempt.summary() for attempt in attempts),
         total_seconds=time.perf_counter() - started,
+        choice_seconds=choice_seconds,
         report_accepted=on_report.accepted if on_report else None,
         report_reasons=on_report.reasons if on_report else (),
     )
     return PatchOutcome(model=best.model, metrics=best.metrics, report=report)
+
+
+def _attempt(
+    number: int,
+    example: SafetyExample,
+    screening: Screening,
+    finetuned: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    setup: PatchSetup,
+    placement: Placement,
+    on_epoch: OnEpoch,
+) -> tuple[PreTrainedModel, PatchResult]:
+    """Patch with ``example``: the first attempt goes on from its screened run, later ones (and
+    the projection strategy) start from a fresh copy of the fine-tuned model."""
+    winner = screening.winner
+    if number > 1 or winner is None or winner.example.id != example.id:
+        return apply_patch(
+            copy.deepcopy(finetuned), tokenizer, example, setup.config,
+            probe=setup.probe, anchors=setup.anchors, placement=placement, on_epoch=on_epoch,
+        )  # fmt: skip
+    screening.winner = None  # the attempt owns the run now
+    patched, result = sft_patch(
+        winner.model, tokenizer, example, setup.config,
+        probe=setup.probe, placement=placement, on_epoch=on_epoch,
+        resume=winner, resume_reading=screening.screens[0].probe_epoch,
+    )  # fmt: skip
+    if setup.config.cer_k:  # at the fine-tuned weights, as a fresh attempt reports it
+        result.cer = example_cer(finetuned, tokenizer, example, setup.config.cer_k, placement)
+    return patched, result
 
 
 def best_attempt(

@@ -3,11 +3,12 @@ example.
 
     model, result = apply_patch(model, tokenizer, example, config, probe=probe, anchors=anchors)
 
-Two strategies, both plain loops:
+Three strategies, all plain loops:
 - ``sft`` (the default): AdamW steps on the one example, one step per epoch (a batch of 1), plus
   the anchors' KL terms (anchors.py). After every epoch the probe reads ASR and over-refusal;
   training stops as soon as probe ASR reaches its target, and the epoch that misses the targets
   least keeps its weights (a later epoch that over-refuses is rolled back).
+- ``one-shot``: the published recipe, the same loop on the one example alone, without anchors.
 - ``projection``: θ ← θ - alpha·η·Σ_{i<k} s_i u_i v_iᵀ per weight matrix, from the top-k SVD of the
   example's safety gradient at the current θ, repeated for a few steps with the same probe rule.
 
@@ -29,7 +30,7 @@ from workers.ml.chat import collate
 from workers.ml.config import PatchConfig
 from workers.ml.device import Placement, seeded, select_placement
 from workers.ml.finetune import sft_loss
-from workers.ml.patch.anchors import Anchor, anchor_kl
+from workers.ml.patch.anchors import Anchor, anchor_backward
 from workers.ml.patch.example import SafetyExample, encode_example
 from workers.ml.patch.safety_gradient import (
     SKIPPED_BY_DEFAULT,
@@ -70,7 +71,9 @@ def apply_patch(
     on_epoch: OnEpoch | None = None,
 ) -> tuple[PreTrainedModel, PatchResult]:
     """Patch ``model`` in place with ``config.strategy``."""
-    if config.strategy == PatchStrategy.SFT:
+    if config.strategy in (PatchStrategy.SFT, PatchStrategy.ONE_SHOT):
+        if config.strategy == PatchStrategy.ONE_SHOT and anchors:
+            raise ValueError("the one-shot strategy trains on the one example only: no anchors")
         return sft_patch(
             model, tokenizer, example, config,
             probe=probe, anchors=anchors, placement=placement, on_epoch=on_epoch,
@@ -86,6 +89,72 @@ def apply_patch(
     )
 
 
+class SftRun:
+    """An sft patch in progress: the model being patched, its optimizer, the epochs done.
+
+    Screening runs a few epochs of several of these and hands the winner to ``sft_patch`` to go
+    on with (workers/ml/patch/screening.py), so the winner's first epochs are not trained twice.
+    One epoch is one AdamW step: the example's loss plus each anchor's KL term, the anchors in
+    micro-batches and, with ``config.anchor_rows``, a seeded sample of their rows per step.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        example: SafetyExample,
+        config: PatchConfig,
+        *,
+        anchors: Sequence[Anchor] = (),
+        placement: Placement | None = None,
+    ) -> None:
+        self.placement = placement or select_placement()
+        self.model = model.to(self.placement.device)  # type: ignore[arg-type]  # .to() stub
+        self.example = example
+        self.config = config
+        self.anchors = list(anchors)
+        encoded = encode_example(tokenizer, example, first_sentence_only=config.first_sentence_only)
+        # The whole training set: one example (a batch of 1).
+        self.batch = collate([encoded], pad_id(tokenizer)).to(self.placement.device)
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer: torch.optim.Optimizer | None = _optimizer(config, self.parameters)
+        self.rows = torch.Generator().manual_seed(config.seed)
+        self.epochs = 0
+        self.seconds = 0.0
+
+    def step(self) -> float:
+        """Train one epoch; returns the example's loss before the step."""
+        assert self.optimizer is not None, "the run was finished"
+        started = time.perf_counter()
+        self.model.train()
+        with self.placement.autocast():
+            safety_loss = sft_loss(self.model, self.batch)
+        safety_loss.backward()
+        for anchor in self.anchors:
+            anchor_backward(
+                self.model, anchor,
+                rows=self._sample(anchor), micro_batch=self.config.micro_batch,
+                placement=self.placement,
+            )  # fmt: skip
+        torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.eval()
+        self.epochs += 1
+        self.seconds += time.perf_counter() - started
+        return float(safety_loss.detach())
+
+    def finish(self) -> None:
+        """Free the optimizer: AdamW keeps two fp32 copies of the weights."""
+        self.optimizer = None
+
+    def _sample(self, anchor: Anchor) -> list[int] | None:
+        if not self.config.anchor_rows or self.config.anchor_rows >= anchor.n_rows:
+            return None
+        order = torch.randperm(anchor.n_rows, generator=self.rows)
+        return sorted(order[: self.config.anchor_rows].tolist())
+
+
 def sft_patch(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -96,50 +165,49 @@ def sft_patch(
     anchors: Sequence[Anchor] = (),
     placement: Placement | None = None,
     on_epoch: OnEpoch | None = None,
+    resume: SftRun | None = None,
+    resume_reading: ProbeEpoch | None = None,
 ) -> tuple[PreTrainedModel, PatchResult]:
-    """Fine-tune on the one example, one AdamW step per epoch, with probe-driven stopping."""
+    """Fine-tune on the one example, one AdamW step per epoch, with probe-driven stopping.
+
+    With ``resume`` (a screened run, whose probe reading after its last epoch is
+    ``resume_reading``), training goes on from there: ``model`` and ``anchors`` are the run's.
+    """
     placement = placement or select_placement()
     started = time.perf_counter()
-    model.to(placement.device)  # type: ignore[arg-type]  # transformers' .to() stub
-    cer = _example_cer(model, tokenizer, example, config, placement) if config.cer_k else None
-    encoded = encode_example(tokenizer, example, first_sentence_only=config.first_sentence_only)
-    batch = collate([encoded], pad_id(tokenizer)).to(placement.device)  # the whole training set
-
+    cer = None
+    if resume is None:
+        model.to(placement.device)  # type: ignore[arg-type]  # transformers' .to() stub
+        if config.cer_k:
+            cer = example_cer(model, tokenizer, example, config.cer_k, placement)
     with seeded(config.seed):
-        parameters = [p for p in model.parameters() if p.requires_grad]
-        optimizer = _optimizer(config, parameters)
+        run = resume or SftRun(
+            model, tokenizer, example, config, anchors=anchors, placement=placement
+        )
         keeper = _BestEpoch(config)
-        model.train()
-        for epoch in range(1, config.max_epochs + 1):
-            with placement.autocast():
-                safety_loss = sft_loss(model, batch)
-                loss = safety_loss
-                for anchor in anchors:
-                    loss = loss + anchor.weight * anchor_kl(model, anchor)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            model.eval()
-            stop = keeper.after_epoch(epoch, model, probe, safety_loss.item(), on_epoch)
-            model.train()
-            if stop:
-                break
-        model.eval()
-        del optimizer  # AdamW keeps two fp32 copies of the weights; free them now
-        best_epoch = keeper.best.restore(model, epoch)
+        stop = (
+            probe is not None
+            and resume_reading is not None
+            and keeper.record(resume_reading, run.model, on_epoch)
+        )
+        loss = resume_reading.loss if resume_reading else float("nan")
+        while not stop and run.epochs < config.max_epochs:
+            loss = run.step()
+            stop = keeper.after_epoch(run.epochs, run.model, probe, loss, on_epoch)
+        run.finish()
+        best_epoch = keeper.best.restore(run.model, run.epochs)
 
     result = PatchResult(
-        strategy="sft",
+        strategy=config.strategy,
         example=example,  # reported with its full reply; the loss mask is a training detail
-        epochs=epoch,
+        epochs=run.epochs,
         best_epoch=best_epoch,
-        seconds=time.perf_counter() - started,
+        seconds=time.perf_counter() - started + (resume.seconds if resume else 0.0),
         cer=cer,
         probe_history=keeper.history,
-        stopped_early=epoch < config.max_epochs,
+        stopped_early=run.epochs < config.max_epochs,
     )
-    return model, result
+    return run.model, result
 
 
 def _optimizer(config: PatchConfig, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -253,27 +321,33 @@ class _BestEpoch:
         if probe is None:
             return False
         result = probe(model)
-        record = ProbeEpoch(epoch, result.asr, result.over_refusal, loss)
+        reading = ProbeEpoch(epoch, result.asr, result.over_refusal, loss)
+        return self.record(reading, model, on_epoch)
+
+    def record(self, record: ProbeEpoch, model: PreTrainedModel, on_epoch: OnEpoch | None) -> bool:
+        """Take an epoch's probe reading (made here or, for a screened run, by screening)."""
         self.history.append(record)
         if on_epoch is not None:
             on_epoch(record)
         if not self.config.stop_early:
             return False  # diagnosis mode: a full learning curve, the last epoch's weights
-        self.best.offer(epoch, probe_violation(self.config, result), model)
-        return result.asr <= self.config.probe_asr_target
+        reading = ProbeResult(record.asr, record.over_refusal)
+        self.best.offer(record.epoch, probe_violation(self.config, reading), model)
+        return record.asr <= self.config.probe_asr_target
 
 
-def _example_cer(
+def example_cer(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     example: SafetyExample,
-    config: PatchConfig,
+    k: int,
     placement: Placement,
 ) -> CerReport:
+    """CER(k) of the example's safety gradient at ``model``'s weights."""
     gradients = safety_gradient(
         model, tokenizer, [(example.prompt, example.reply)], placement=placement
     )
-    return cer_summary(gradients, config.cer_k)
+    return cer_summary(gradients, k)
 
 
 @torch.no_grad()
