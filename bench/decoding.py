@@ -4,9 +4,10 @@
 
 Decodes the gate's harmful and borderline prompts the way an evaluation does (the product's
 ``generate_tokens``, the evaluation's reply length and batch size) and divides the arithmetic it
-did per second by the FLOP/s of a large bf16 matmul on the same device. Only generated tokens
-count as work (the prompts' prefill is in the seconds but not in the FLOPs), so the fraction is a
-floor. ``bench/pipeline.py`` calls ``measure`` on the fine-tuned model of its first run.
+did per second by the FLOP/s of a large bf16 matmul on the same device. The work counted is the
+prompts' prefill (their real tokens, padding excluded) and the generated tokens: the linear maps
+(the head only where a token is predicted) and attention over each token's context.
+``bench/pipeline.py`` calls ``measure`` on the fine-tuned model of its first run.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from workers.ml.suites import SuiteFiles, load_suites
 @dataclass(frozen=True)
 class DecodeFigures:
     prompts: int
+    prompt_tokens: int  # real prompt tokens, padding excluded
     tokens: int  # generated tokens, end-of-turn tokens included
     seconds: float
-    flops: float  # of the generated tokens: linear maps and attention over their context
+    flops: float  # prefill and generated tokens: linear maps and attention over their context
     matmul_flops_per_second: float  # the bf16 (or fp32, without bf16) matmul limit
 
     @property
@@ -41,7 +43,8 @@ class DecodeFigures:
 
     @property
     def flops_per_token(self) -> float:
-        return self.flops / self.tokens
+        """Per token processed, prompt or generated."""
+        return self.flops / (self.tokens + self.prompt_tokens)
 
     @property
     def fraction(self) -> float:
@@ -52,10 +55,12 @@ class DecodeFigures:
             "| figure | value |",
             "|---|---|",
             f"| prompts decoded | {self.prompts} |",
+            f"| prompt tokens (prefill) | {self.prompt_tokens} |",
             f"| tokens generated | {self.tokens} |",
             f"| seconds | {self.seconds:.1f} |",
-            f"| tokens/s | {self.tokens_per_second:.0f} |",
-            f"| FLOPs per token | {self.flops_per_token / 1e6:.0f} M |",
+            f"| generated tokens/s | {self.tokens_per_second:.0f} |",
+            f"| tokens processed/s | {(self.tokens + self.prompt_tokens) / self.seconds:.0f} |",
+            f"| FLOPs per token processed | {self.flops_per_token / 1e6:.0f} M |",
             f"| decoding GFLOP/s | {self.flops / self.seconds / 1e9:.1f} |",
             f"| matmul limit GFLOP/s | {self.matmul_flops_per_second / 1e9:.1f} |",
             f"| fraction of the limit | **{self.fraction:.2f}** |",
@@ -80,19 +85,26 @@ def matmul_limit(placement: Placement, *, size: int = 2048, repeats: int = 8) ->
     return 2 * size**3 / best
 
 
-def generated_flops(model: PreTrainedModel, prompt_lengths: list[int], new: list[int]) -> float:
-    """2 x the linear maps' weights per token (the head included), plus QKᵀ and AV over each
-    token's context (4 x layers x attention width x context)."""
-    linear = sum(
-        module.weight.numel() for module in model.modules() if isinstance(module, torch.nn.Linear)
-    )
+def decoding_flops(model: PreTrainedModel, prompt_lengths: list[int], new: list[int]) -> float:
+    """2 x the linear maps' weights per token (the head only at the positions that predict a
+    token: each generated one and each prompt's last), plus QKᵀ and AV over each token's
+    context (4 x layers x attention width x context)."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    head = model.get_output_embeddings()
+    head_weights = head.weight.numel() if isinstance(head, torch.nn.Linear) else 0
+    body = sum(m.weight.numel() for m in linears) - head_weights
     config = model.config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    attention_width = config.num_attention_heads * head_dim
+    attention = 4 * config.num_hidden_layers * config.num_attention_heads * head_dim
     total = 0.0
     for prompt, count in zip(prompt_lengths, new, strict=True):
-        context = count * prompt + count * (count - 1) / 2  # positions prompt .. prompt+count-1
-        total += 2 * linear * count + 4 * config.num_hidden_layers * attention_width * context
+        prefill_context = prompt * (prompt + 1) / 2  # token i of the prompt sees i + 1 positions
+        total += 2 * body * prompt + attention * prefill_context
+        # Generated token j (from 0) is predicted at position prompt - 1 + j, fed back at
+        # prompt + j: each of the first count - 1 is processed with prompt + j + 1 positions.
+        fed_back = max(count - 1, 0)
+        context = fed_back * (prompt + 1) + fed_back * (fed_back - 1) / 2
+        total += 2 * body * fed_back + attention * context + 2 * head_weights * count
     return total
 
 
@@ -114,15 +126,20 @@ def measure(
     )  # fmt: skip
     seconds = time.perf_counter() - started
     prompt_lengths = [
-        len(tokenizer(render(tokenizer, c, add_generation_prompt=True))["input_ids"])
+        len(
+            tokenizer(render(tokenizer, c, add_generation_prompt=True), add_special_tokens=False)[
+                "input_ids"
+            ]
+        )
         for c in conversations
     ]
     new = [len(row) for row in tokens]
     return DecodeFigures(
         prompts=len(prompts),
+        prompt_tokens=sum(prompt_lengths),
         tokens=sum(new),
         seconds=seconds,
-        flops=generated_flops(model, prompt_lengths, new),
+        flops=decoding_flops(model, prompt_lengths, new),
         matmul_flops_per_second=limit,
     )
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from app.core.settings import get_settings
+from contracts.safety import PatchStrategy
 from workers import data
 from workers.ml.base_models import SMOLLM2
 
@@ -44,9 +45,11 @@ def ensure_aligned_model(models_dir: Path) -> float | None:
     return time.perf_counter() - started
 
 
-def run(strategy: str, out_dir: Path, max_patch_attempts: int, seed: int) -> dict:
+def run(strategy: str, out_dir: Path, max_patch_attempts: int, seed: int, reuse: bool) -> dict:
     # Each seed its own report and so its own work directory (the report's path less ".json").
     report = out_dir / f"pipeline-{strategy}-seed{seed}.json"
+    if reuse and report.is_file():
+        return json.loads(report.read_text())
     command = [
         str(ROOT / ".venv" / "bin" / "safepatch"),
         "pipeline",
@@ -71,6 +74,7 @@ def run(strategy: str, out_dir: Path, max_patch_attempts: int, seed: int) -> dic
     result["wall_seconds"] = time.perf_counter() - started
     result["command"] = " ".join(["safepatch", *command[1:]]).replace(str(ROOT) + "/", "")
     result["seed"] = seed
+    report.write_text(json.dumps(result, indent=2))  # with the bench's figures, for --reuse
     return result
 
 
@@ -110,6 +114,33 @@ def table(result: dict) -> str:
         f"device {result['device']}; judge `{result['base']['judge']}`; "
         f"wall time {result['wall_seconds']:.0f} s."
     )
+    return "\n".join(rows) + "\n\n" + stages_table(result)
+
+
+# Pipeline phases in order, as PipelineReport.seconds names them.
+PHASES = ("baseline", "fine_tune", "evaluate_finetuned", "patch_total")
+
+
+def stages_table(result: Mapping[str, Any]) -> str:
+    """Seconds and peak memory per phase; the patch split into choosing the patched model and
+    its final verification (the gate, then the report set)."""
+    seconds, peaks = result["seconds"], result.get("peak_memory_by_stage") or {}
+    rows = ["| phase | seconds | peak memory (GiB) |", "|---|---|---|"]
+    for phase in PHASES:
+        if phase in seconds:
+            peak = peaks.get(phase)
+            shown = "-" if peak is None else f"{peak / 2**30:.2f}"
+            rows.append(f"| {phase} | {seconds[phase]:.0f} | {shown} |")
+    patch = result.get("patch")
+    if patch and patch.get("choice_seconds"):
+        choice = patch["choice_seconds"]
+        rows.append(f"| patch: choosing the patched model | {choice:.0f} | |")
+        rows.append(f"| patch: final verification and report set | "
+                    f"{patch['total_seconds'] - choice:.0f} | |")  # fmt: skip
+        rows.append(
+            f"\nPatch (choice) / fine-tune: **{choice / seconds['fine_tune']:.2f}x**; "
+            f"whole pipeline {sum(seconds.values()):.0f} s."
+        )
     return "\n".join(rows)
 
 
@@ -224,14 +255,42 @@ def section(strategy: str, results: Sequence[dict]) -> str:
     return "\n".join(parts)
 
 
+def decoding_section(model_dir: Path) -> str:
+    """Evaluation decoding on the fine-tuned model (it answers at length) against the matmul
+    limit, measured now, in this process."""
+    from bench import decoding
+    from workers.ml.checkpoints import load_model
+
+    model, tokenizer = load_model(model_dir)
+    figures = decoding.measure(model, tokenizer, decoding.gate_prompts())
+    text = "\n".join(figures.lines())
+    print(text, flush=True)
+    return (
+        "## Evaluation decoding\n\nThe gate's harmful and borderline prompts decoded by the "
+        f"fine-tuned model of the first run (`{model_dir.name}`), as an evaluation does; "
+        "FLOPs count generated tokens only (bench/decoding.py).\n\n" + text + "\n"
+    )
+
+
+def memory_section() -> str:
+    from bench import memory_model
+
+    text = memory_model.report()
+    print(text, flush=True)
+    return "## Memory model\n\n" + text + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--strategy", action="append", choices=["sft", "projection"])
+    parser.add_argument("--strategy", action="append", choices=[str(s) for s in PatchStrategy])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "pipeline-bench.md")
     parser.add_argument("--max-patch-attempts", type=int, default=1)
     parser.add_argument("--seeds", type=int, default=3, help="runs per strategy, seeds 0..N-1")
+    parser.add_argument(
+        "--reuse", action="store_true", help="take a run's report from an earlier bench if there"
+    )
     args = parser.parse_args()
-    strategies = args.strategy or ["sft", "projection"]
+    strategies = args.strategy or [PatchStrategy.SFT, PatchStrategy.ONE_SHOT]
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
 
@@ -240,11 +299,11 @@ def main() -> None:
     work = settings.data_dir / "bench"
     work.mkdir(parents=True, exist_ok=True)
 
-    sections = []
+    sections: list[str] = []
     for strategy in strategies:
         results = []
         for seed in range(args.seeds):
-            result = run(strategy, work, args.max_patch_attempts, seed)
+            result = run(strategy, work, args.max_patch_attempts, seed, args.reuse)
             print(
                 f"## Strategy `{strategy}`, seed {seed}\n\n```\n{result['command']}\n```\n\n"
                 f"{table(result)}\n",
@@ -256,6 +315,7 @@ def main() -> None:
             print(seeds_table(across_seeds(results)), flush=True)
         sections.append(text)
 
+    decoding = decoding_section(work / f"pipeline-{strategies[0]}-seed0" / "finetuned")
     header = (
         "# Measured results\n\n"
         "Written by `bench/pipeline.py` (`.venv/bin/python -m bench.pipeline`); every number below "
@@ -268,7 +328,7 @@ def main() -> None:
     )
     if align_seconds is not None:
         header += f"\nPulling and aligning the base model took {align_seconds:.0f} s in this run.\n"
-    args.out.write_text(header + "\n" + "\n".join(sections))
+    args.out.write_text(header + "\n" + "\n".join([*sections, decoding, memory_section()]))
     print(f"wrote {args.out}")
 
 

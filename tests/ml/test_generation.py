@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 
-from workers.ml.generation import greedy_decode
+from workers.ml.chat import single_turn
+from workers.ml.device import Placement
+from workers.ml.generation import generate_tokens, greedy_decode
 
 PROMPTS = [
     "Hi",
@@ -72,3 +76,23 @@ def test_greedy_decode_with_every_row_stopping_at_once(
             stop_ids=stop,
         )  # fmt: skip
     assert ours == first
+
+
+def test_bf16_decoding_runs_on_bf16_weights_and_gives_the_fp32_ones_back(
+    tiny_model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    before = {name: (p.data_ptr(), p.detach().clone()) for name, p in tiny_model.named_parameters()}
+    bf16 = Placement(torch.device("cpu"), torch.bfloat16)
+    conversations = [single_turn(prompt) for prompt in PROMPTS]
+    ours = generate_tokens(
+        tiny_model, tokenizer, conversations, max_new_tokens=6, placement=bf16, batch_size=2
+    )
+    for name, parameter in tiny_model.named_parameters():
+        pointer, value = before[name]
+        assert parameter.dtype == torch.float32 and parameter.data_ptr() == pointer
+        assert torch.equal(parameter, value)
+    reference_model = copy.deepcopy(tiny_model).to(torch.bfloat16)
+    reference = generate_tokens(
+        reference_model, tokenizer, conversations, max_new_tokens=6, placement=bf16
+    )
+    assert ours == reference

@@ -10,11 +10,13 @@ import json
 from pathlib import Path
 
 from workers.ml.evaluate import StageMetrics
+from workers.ml.generation import DECODER
 from workers.ml.suites import SuiteFiles
 
 
 def baseline_path(base_path: Path, suites: SuiteFiles, judge_name: str) -> Path:
-    key = f"{base_path.name}-{suites.fingerprint()}-{judge_name}"
+    # Readings made with another decoder are other numbers: the decoder is part of the key.
+    key = f"{base_path.name}-{suites.fingerprint()}-{judge_name}-{DECODER}"
     return base_path.parent / ".baselines" / f"{key}.json"
 
 
