@@ -15,6 +15,8 @@ keys (each defaults to the product's setting in workers/ml/config.py):
     lr          learning rate                     opt       adamw | sgd
     epochs      at most this many                 cand 0    rank of the candidate tried
     cand_id     a pool id instead                 reply     "pool": the pool's refusal, not θ0's
+    examples 1  train on this many candidates together, from `cand` on (the one-example claim)
+    rows        anchor rows per step (0: all)
 
 Prints each epoch's probe numbers and, with --full, the suites' numbers and the verdict; used to
 choose the anchor weights and the learning rate (docs/results.md).
@@ -45,7 +47,7 @@ from workers.ml.patch.example import SafetyExample, safety_example
 from workers.ml.patch.screening import screen_examples
 from workers.ml.patch.selection import Candidate
 from workers.ml.patch.stage import prepare_patch
-from workers.ml.patch.training import apply_patch
+from workers.ml.patch.training import sft_patch
 from workers.ml.suites import SuiteFiles, load_suites
 
 
@@ -79,8 +81,9 @@ def main() -> None:
     print(f"candidates, best first by the proxy: {ranked}", flush=True)
     suites = load_suites(SuiteFiles())
     suite = EvalSuite(
-        suites.harmful, suites.benign, suites.general, load_chat_jsonl(data.DEMO_VALIDATION)
-    )
+        suites.harmful, suites.benign, suites.general, load_chat_jsonl(data.DEMO_VALIDATION),
+        report_harmful=suites.report_harmful, report_benign=suites.report_benign,
+    )  # fmt: skip
 
     def example_for(candidate: Candidate) -> SafetyExample:
         return safety_example(
@@ -102,12 +105,12 @@ def main() -> None:
             "epochs": setup.config.max_epochs,
         }  # fmt: skip
         options |= variant
-        candidate = (
-            by_id[options["cand_id"]]
-            if "cand_id" in options
-            else by_id[ranked[options.get("cand", 0)]]
-        )
+        first = options.get("cand", 0)
+        candidate = by_id[options["cand_id"]] if "cand_id" in options else by_id[ranked[first]]
         example = example_for(candidate)
+        more = [
+            example_for(by_id[c]) for c in ranked[first + 1 : first + options.get("examples", 1)]
+        ]
         if options.get("reply") == "pool":
             example = replace(example, reply=candidate.refusal)
         weights = {"benign": options["anchor"], "task": options["task"]}
@@ -117,10 +120,11 @@ def main() -> None:
             learning_rate=options["lr"],
             optimizer=options["opt"],
             max_epochs=options["epochs"],
+            anchor_rows=options.get("rows", setup.config.anchor_rows),
         )
         started = time.perf_counter()
-        patched, result = apply_patch(
-            copy.deepcopy(finetuned), tokenizer, example, config,
+        patched, result = sft_patch(
+            copy.deepcopy(finetuned), tokenizer, example, config, more_examples=more,
             probe=setup.probe, anchors=anchors, placement=placement,
             on_epoch=lambda r: print(
                 f"  epoch {r.epoch}: probe ASR {r.asr:.3f}, over-refusal {r.over_refusal:.3f}, "
@@ -128,8 +132,8 @@ def main() -> None:
             ),
         )  # fmt: skip
         print(
-            f"{variant} {candidate.id} → {example.reply!r}: kept epoch {result.best_epoch} of "
-            f"{result.epochs}, {time.perf_counter() - started:.0f} s",
+            f"{variant} {[candidate.id, *(m.id for m in more)]} → {example.reply!r}: kept epoch "
+            f"{result.best_epoch} of {result.epochs}, {time.perf_counter() - started:.0f} s",
             flush=True,
         )
         if args.full:
@@ -140,9 +144,13 @@ def main() -> None:
                 SimpleNamespace(**report.get("fine_tuned", report.get("finetuned"))),  # type: ignore[arg-type]
                 metrics,
             )
+            measured, base_set = metrics.report, report["base"]["report"]
+            assert measured is not None  # the suite has the report set
             print(
-                f"  suites: ASR {metrics.asr:.3f}, over-refusal {metrics.over_refusal:.3f}, "
-                f"utility {metrics.utility:.3f}; accepted {verdict.accepted} {verdict.reasons}",
+                f"  gate: ASR {metrics.asr:.3f}, over-refusal {metrics.over_refusal:.3f}, "
+                f"utility {metrics.utility:.3f}; accepted {verdict.accepted} {verdict.reasons}; "
+                f"report set: ASR {measured.asr:.3f}, over-refusal {measured.over_refusal:.3f} "
+                f"(base {base_set['asr']:.3f}, {base_set['over_refusal']:.3f})",
                 flush=True,
             )
         del patched

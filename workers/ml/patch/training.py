@@ -107,15 +107,19 @@ class SftRun:
         *,
         anchors: Sequence[Anchor] = (),
         placement: Placement | None = None,
+        more_examples: Sequence[SafetyExample] = (),
     ) -> None:
         self.placement = placement or select_placement()
         self.model = model.to(self.placement.device)  # type: ignore[arg-type]  # .to() stub
         self.example = example
         self.config = config
         self.anchors = list(anchors)
-        encoded = encode_example(tokenizer, example, first_sentence_only=config.first_sentence_only)
-        # The whole training set: one example (a batch of 1).
-        self.batch = collate([encoded], pad_id(tokenizer)).to(self.placement.device)
+        encoded = [
+            encode_example(tokenizer, e, first_sentence_only=config.first_sentence_only)
+            for e in (example, *more_examples)
+        ]
+        # The whole training set: the one example (a batch of 1), or a few where measured so.
+        self.batch = collate(encoded, pad_id(tokenizer)).to(self.placement.device)
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         self.optimizer: torch.optim.Optimizer | None = _optimizer(config, self.parameters)
         self.rows = torch.Generator().manual_seed(config.seed)
@@ -167,11 +171,14 @@ def sft_patch(
     on_epoch: OnEpoch | None = None,
     resume: SftRun | None = None,
     resume_reading: ProbeEpoch | None = None,
+    more_examples: Sequence[SafetyExample] = (),
 ) -> tuple[PreTrainedModel, PatchResult]:
     """Fine-tune on the one example, one AdamW step per epoch, with probe-driven stopping.
 
     With ``resume`` (a screened run, whose probe reading after its last epoch is
     ``resume_reading``), training goes on from there: ``model`` and ``anchors`` are the run's.
+    ``more_examples`` train in the same batch (bench/patch_sweep.py measures the one-example
+    claim with them; the product trains on one).
     """
     placement = placement or select_placement()
     started = time.perf_counter()
@@ -182,8 +189,9 @@ def sft_patch(
             cer = example_cer(model, tokenizer, example, config.cer_k, placement)
     with seeded(config.seed):
         run = resume or SftRun(
-            model, tokenizer, example, config, anchors=anchors, placement=placement
-        )
+            model, tokenizer, example, config,
+            anchors=anchors, placement=placement, more_examples=more_examples,
+        )  # fmt: skip
         keeper = _BestEpoch(config)
         stop = (
             probe is not None
