@@ -16,6 +16,7 @@ keys (each defaults to the product's setting in workers/ml/config.py):
     epochs      at most this many                 cand 0    rank of the candidate tried
     cand_id     a pool id instead                 reply     "pool": the pool's refusal, not θ0's
     examples 1  train on this many candidates together, from `cand` on (the one-example claim)
+    ids         a list of pool ids trained on together instead
     rows        anchor rows per step (0: all)
 
 Prints each epoch's probe numbers and, with --full, the suites' numbers and the verdict; used to
@@ -108,9 +109,12 @@ def main() -> None:
         first = options.get("cand", 0)
         candidate = by_id[options["cand_id"]] if "cand_id" in options else by_id[ranked[first]]
         example = example_for(candidate)
-        more = [
-            example_for(by_id[c]) for c in ranked[first + 1 : first + options.get("examples", 1)]
-        ]
+        others = ranked[first + 1 : first + options.get("examples", 1)]
+        if "ids" in options:
+            first_id, *others = options["ids"]
+            candidate = by_id[first_id]
+            example = example_for(candidate)
+        more = [example_for(by_id[i]) for i in others]
         if options.get("reply") == "pool":
             example = replace(example, reply=candidate.refusal)
         weights = {"benign": options["anchor"], "task": options["task"]}
