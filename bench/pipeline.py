@@ -1,14 +1,17 @@
 """Measure the safety pipeline on the demo customer dataset and write docs/results.md.
 
-    .venv/bin/python -m bench.pipeline        # both strategies, 3 seeds → docs/pipeline-bench.md
-    .venv/bin/python -m bench.pipeline --strategy sft --seeds 1
+    .venv/bin/python -m bench.pipeline        # sft and one-shot, 3 seeds → docs/pipeline-bench.md
+    .venv/bin/python -m bench.pipeline --strategy sft --strategy one-shot --seeds 1
 
 Pulls and aligns the base model first when the data directory lacks it (timed separately), then
 runs the offline pipeline once per strategy and seed (seeds 0, 1, ... ``--seeds``, passed to the
 pipeline's ``--seed``) and prints, for each run, a table of ASR, over-refusal and utility for the
 base, fine-tuned and patched models, with seconds per stage and peak memory; with more than one
 seed, also the mean and spread across seeds of each model's gate and report-set rates, the patch's
-seconds and how many seeds' patches were accepted.
+seconds and how many seeds' patches were accepted. Each run's phases get their seconds and peak
+memory, the patch's choice is set against the fine-tune; then evaluation decoding is measured
+against the matmul limit (bench/decoding.py) and the memory model printed (bench/memory_model.py).
+``--reuse`` takes runs whose reports an earlier bench left in the data directory.
 """
 
 from __future__ import annotations
@@ -272,12 +275,18 @@ def decoding_section(model_dir: Path) -> str:
     )
 
 
-def memory_section() -> str:
+def memory_section(measured: Mapping[str, Any]) -> str:
+    """The memory model, checked against the patch phase's peak in ``measured`` (a run of the
+    default strategy)."""
     from bench import memory_model
 
-    text = memory_model.report()
+    peak = (measured.get("peak_memory_by_stage") or {}).get("patch_total")
+    text = memory_model.report(peak / 2**30 if peak else None)
     print(text, flush=True)
-    return "## Memory model\n\n" + text + "\n"
+    return (
+        "## Memory model\n\nThe default strategy's patch stage at its peak, component by "
+        "component (bench/memory_model.py; GiB).\n\n" + text + "\n"
+    )
 
 
 def main() -> None:
@@ -300,6 +309,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
 
     sections: list[str] = []
+    first_runs: dict[str, dict] = {}
     for strategy in strategies:
         results = []
         for seed in range(args.seeds):
@@ -310,6 +320,7 @@ def main() -> None:
                 flush=True,
             )
             results.append(result)
+            first_runs.setdefault(strategy, result)
         text = section(strategy, results)
         if len(results) > 1:
             print(seeds_table(across_seeds(results)), flush=True)
@@ -328,7 +339,9 @@ def main() -> None:
     )
     if align_seconds is not None:
         header += f"\nPulling and aligning the base model took {align_seconds:.0f} s in this run.\n"
-    args.out.write_text(header + "\n" + "\n".join([*sections, decoding, memory_section()]))
+    default_run = first_runs.get(PatchStrategy.SFT) or next(iter(first_runs.values()))
+    parts = [*sections, decoding, memory_section(default_run)]
+    args.out.write_text(header + "\n" + "\n".join(parts))
     print(f"wrote {args.out}")
 
 
