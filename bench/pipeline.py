@@ -337,6 +337,12 @@ def main() -> None:
         f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}, "
         f"Python {platform.python_version()}.\n"
     )
+    if args.reuse:
+        header += (
+            "\nWith --reuse: runs whose reports an earlier bench left were taken as they were "
+            "(their figures are from that bench's code); decoding and the memory model were "
+            "measured in this run.\n"
+        )
     if align_seconds is not None:
         header += f"\nPulling and aligning the base model took {align_seconds:.0f} s in this run.\n"
     default_run = first_runs.get(PatchStrategy.SFT) or next(iter(first_runs.values()))
