@@ -161,7 +161,7 @@ def test_probe_targets_follow_the_reference_model():
     assert coarse.probe_over_refusal_limit == pytest.approx(0.0625)
 
 
-@pytest.mark.parametrize("strategy", ["sft", "projection"])
+@pytest.mark.parametrize("strategy", ["sft", "one-shot", "projection"])
 def test_patch_is_deterministic_for_a_seed(tokenizer, strategy):
     config = PatchConfig(strategy=strategy, max_epochs=2, seed=7)
     results = []

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from contracts.chat import load_chat_jsonl
 from contracts.prompts import load_prompts
+from contracts.safety import PatchStrategy
 from tests.tiny_models import build_tiny_model
 from workers import data
 from workers.ml.config import PatchConfig, PatchStageConfig, PipelineConfig, SelectionConfig
@@ -31,7 +32,7 @@ from workers.ml.events import (
     StageEntered,
 )
 from workers.ml.judges import get_judge
-from workers.ml.patch.stage import patch_until_accepted
+from workers.ml.patch.stage import patch_until_accepted, prepare_patch
 from workers.ml.report import PatchReport
 
 SMALL = PatchStageConfig(
@@ -97,6 +98,28 @@ def test_the_stage_reads_its_settings_and_reports_typed_results(tokenizer) -> No
     assert report.cer is not None and report.cer.k == 2
     assert 1 <= report.best_epoch <= report.epochs <= 2
     assert outcome.metrics is not None and outcome.model is not None
+    # What the patch itself cost: the stage less its last gate evaluation and the report set.
+    assert all(attempt.verify_seconds > 0 for attempt in report.attempts)
+    assert 0 < report.choice_seconds < report.total_seconds
+
+
+def test_one_shot_prepares_no_anchors_and_sft_does(tokenizer) -> None:
+    import torch
+
+    placement = Placement(torch.device("cpu"), None)
+    base, finetuned = (build_tiny_model(len(tokenizer), seed=seed) for seed in (1, 2))
+    train = load_chat_jsonl(data.DEMO_TRAIN)[:6]
+    anchors = {}
+    for strategy in (PatchStrategy.ONE_SHOT, PatchStrategy.SFT):
+        setup = prepare_patch(
+            SMALL, base_model=base, finetuned=finetuned, tokenizer=tokenizer, train=train,
+            strategy=strategy, seed=0, n_candidates=2, judge=get_judge("keyword"),
+            placement=placement, on_event=lambda event: None,
+        )  # fmt: skip
+        assert setup.config.strategy == strategy
+        anchors[strategy] = [anchor.name for anchor in setup.anchors]
+    assert anchors[PatchStrategy.ONE_SHOT] == []
+    assert "benign" in anchors[PatchStrategy.SFT]
 
 
 def test_the_settings_module_does_not_import_torch() -> None:
